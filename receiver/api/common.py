@@ -1,0 +1,57 @@
+"""Shared pieces of the HTTP handlers: errors as JSON, capped bodies, the runtime."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import BadRequest, PayloadTooLarge, ReceiverError
+from ..runtime import Runtime
+
+
+def error_json(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def from_error(exc: ReceiverError) -> JSONResponse:
+    response = error_json(exc.status, exc.code, exc.message or exc.code)
+    if exc.status == 503:
+        response.headers["retry-after"] = "5"
+    return response
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The raw body, refusing past ``cap`` bytes without reading it all into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > cap:
+                raise PayloadTooLarge(f"body larger than {cap} bytes")
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"body larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data

@@ -1,0 +1,29 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import ReceiverError
+from .common import error_json, runtime
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    rt = runtime(request)
+    if getattr(request.app.state, "draining", False):
+        return error_json(503, "draining", "shutting down")
+    try:
+        await rt.ledger.ping()
+    except ReceiverError as exc:
+        return error_json(503, "ledger_unavailable", exc.message or "ledger unreachable")
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,131 @@
+"""The Starlette application: routes, error handling, and the background loops it hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .api import events, hooks, openapi, ops, tasks
+from .api.common import error_json, from_error
+from .config import Settings
+from .errors import ReceiverError
+from .notify import Notifier
+from .reconciler import Reconciler
+from .runtime import Runtime
+from .worker import Worker
+
+log = logging.getLogger("receiver.app")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/tasks", tasks.create_task, methods=["POST"]),
+        Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),
+        Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/events", events.task_events, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/replay", tasks.replay_task, methods=["POST"]),
+        Route("/v1/tasks/{task_id}/redeliver", tasks.redeliver_task, methods=["POST"]),
+        Route("/v1/hooks/{provider}/{token}", hooks.task_hook, methods=["POST"]),
+        Route("/v1/hooks/{provider}", hooks.account_hook, methods=["POST"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
+    ]
+
+
+class Background:
+    """Worker and reconciler loops, started and stopped with the app (or alone)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.worker = Worker(runtime)
+        self.reconciler = Reconciler(runtime)
+        self.notifier = Notifier(runtime)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="worker"),
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(self.notifier.run(), name="notifier"),
+        ]
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        self.reconciler.stop()
+        self.notifier.stop()
+        results: list[Any] = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("background loop ended with %r", result)
+
+
+async def _receiver_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ReceiverError)
+    return from_error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_json(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_json(500, "internal", "internal error")
+
+
+def create_app(
+    settings: Settings, *, runtime: Runtime | None = None, background: bool = True
+) -> Starlette:
+    rt = runtime or Runtime(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await rt.open()
+        loops = Background(rt) if background else None
+        if loops:
+            loops.start()
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            if loops:
+                await loops.stop()
+            await rt.close()
+
+    middleware = []
+    if settings.server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.server.cors_origins,
+                allow_methods=["GET"],
+                allow_headers=["authorization"],
+            )
+        )
+    app = Starlette(
+        routes=routes(),
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            ReceiverError: _receiver_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.runtime = rt
+    app.state.draining = False
+    return app

@@ -1,0 +1,270 @@
+"""Configuration: a TOML file overlaid by ``RECEIVER_*`` environment variables.
+
+Every key is validated at start-up; a bad or missing one raises :class:`ConfigError` whose
+message is a single line naming it, which the CLI prints before exiting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_PREFIX = "RECEIVER_"
+CONFIG_ENV = "RECEIVER_CONFIG"
+MiB = 1024 * 1024
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FetchSettings(_Section):
+    allowed_networks: list[str] = Field(default_factory=list)
+    max_bytes: int = Field(default=64 * MiB, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    total_timeout: float = Field(default=300.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0)
+
+    _split = field_validator("allowed_networks", mode="before")(_split_commas)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {net!r}") from None
+        return value
+
+
+class WorkerSettings(_Section):
+    concurrency: int = Field(default=8, ge=1, le=512)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=12, ge=1)
+    retry_base_seconds: float = Field(default=1.0, ge=0)
+    retry_max_seconds: float = Field(default=60.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    reconcile_interval: float = Field(default=5.0, gt=0)
+    delivery_retention_days: float = Field(default=8.0, ge=7.0)
+
+
+class ServerSettings(_Section):
+    max_body_bytes: int = Field(default=1 * MiB, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    cors_origins: list[str] = Field(default_factory=list)
+    access_token_seconds: int = Field(default=3600, gt=0)
+    signature_tolerance_seconds: int = Field(default=300, gt=0)
+    max_metadata_bytes: int = Field(default=16 * 1024, gt=0)
+
+    _split = field_validator("trusted_proxies", "cors_origins", mode="before")(_split_commas)
+
+
+class NotifySettings(_Section):
+    secret: str | None = None
+    default_url: str | None = None
+    presign_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    timeout: float = Field(default=10.0, gt=0)
+    retry_hours: float = Field(default=26.0, ge=24.0)
+    retry_base_seconds: float = Field(default=5.0, ge=0)
+    retry_max_seconds: float = Field(default=1800.0, ge=0)
+    concurrency: int = Field(default=16, ge=1, le=256)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("whsec_"):
+            raise ValueError("must start with 'whsec_' (a Standard Webhooks secret)")
+        return value
+
+
+class FilesystemDestination(_Section):
+    type: Literal["filesystem"]
+    path: str
+    prefix: str = ""
+
+
+class S3Destination(_Section):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    storage_class: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    # "auto": boto3's defaults on AWS, "when_required" on any other endpoint (see storage.md).
+    checksum: Literal["auto", "when_supported", "when_required"] = "auto"
+    # Create-only writes with If-None-Match; "off" falls back to head-then-put.
+    conditional_writes: bool = True
+    multipart_threshold: int = Field(default=16 * MiB, ge=5 * MiB)
+    part_size: int = Field(default=8 * MiB, ge=5 * MiB)
+    max_threads: int = Field(default=16, ge=1, le=256)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+
+class BunnyDestination(_Section):
+    type: Literal["bunny"]
+    zone: str
+    password: str
+    region: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None
+    cdn_url: str | None = None
+
+
+Destination = Annotated[
+    FilesystemDestination | S3Destination | BunnyDestination, Field(discriminator="type")
+]
+
+
+class ProviderSettings(BaseModel):
+    """Per-provider settings; unknown keys are the provider's own options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_key: str | None = None
+    base_url: str | None = None
+    webhook_secret: str | None = None
+    callback_grace_seconds: float | None = Field(default=None, ge=0)
+    poll_interval: float | None = Field(default=None, gt=0)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return (self.model_extra or {}).get(key, default)
+
+
+class Settings(_Section):
+    public_url: str = "http://127.0.0.1:8000"
+    secret_keys: list[str] = Field(min_length=1)
+    ledger_url: str = "sqlite:///receiver.db"
+    api_keys: list[str] = Field(default_factory=list)
+    default_destination: str = "local"
+    destinations: dict[str, Destination] = Field(
+        default_factory=lambda: {"local": FilesystemDestination(type="filesystem", path="archive")}
+    )
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    _split = field_validator("secret_keys", "api_keys", mode="before")(_split_commas)
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _keys_long(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if len(key) < 16:
+                raise ValueError("each secret key must be at least 16 characters")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _ledger(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://", "memory://")):
+            raise ValueError("must start with sqlite:///, postgresql:// or memory://")
+        return value
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.default_destination not in self.destinations:
+            raise ConfigError(
+                f"default_destination: {self.default_destination!r} is not a configured "
+                f"destination (have: {', '.join(sorted(self.destinations)) or 'none'})"
+            )
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers.get(name) or ProviderSettings()
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RECEIVER_DESTINATIONS__S3__BUCKET=x`` → ``{"destinations": {"s3": {"bucket": x}}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if path:
+            _set_path(tree, path, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+    # Drop the discriminator tag pydantic inserts into union paths (destinations.x.s3.bucket).
+    loc = loc.replace(".filesystem.", ".").replace(".s3.", ".").replace(".bunny.", ".")
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{loc or 'configuration'}: {msg}{extra} [{source}]"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML file (if any), overlay the environment, validate."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV)
+    raw: dict[str, Any] = dict(defaults or {})
+    source = "environment"
+    if path:
+        file = Path(path)
+        source = str(file)
+        try:
+            raw = _merge(raw, tomllib.loads(file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    raw = _merge(raw, env_overrides(environ))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,54 @@
+"""The destination adapter family: where archived images and sidecars end up.
+
+Writes are create-only: a key that exists is never replaced, so a second worker racing on the
+same task cannot overwrite a complete pair. boto3/httpx/OS errors become
+:class:`~receiver.errors.StoreError` (or :class:`~receiver.errors.AlreadyExists`) here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import BinaryIO, ClassVar
+
+
+class Destination(ABC):
+    type: ClassVar[str]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def put(
+        self,
+        key: str,
+        body: BinaryIO | bytes,
+        *,
+        size: int,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Store ``body`` (a seekable file at position 0, or bytes) under ``key`` (relative to
+        the destination's prefix), only if absent. Return its URI. Raise AlreadyExists when
+        the key is present, StoreError otherwise."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def read(self, key: str) -> bytes:
+        """The stored bytes (tests, replay, notifications). NotFound-like: StoreError."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """``s3://bucket/prefix/key``, an absolute path, or the store's URL."""
+
+    async def presign(self, key: str, seconds: int) -> str | None:
+        """A time-limited GET URL, where the store can make one."""
+        return None
+
+    @abstractmethod
+    async def check(self) -> str:
+        """Reach the store and prove we may write (``receiver check``); return a short detail."""
+
+    async def close(self) -> None:
+        return None

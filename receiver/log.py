@@ -1,0 +1,63 @@
+"""JSON logs with task id and provider; secrets, tokens and signed URL queries never appear."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+# URL query strings (signed URLs), hook tokens in paths, bearer/whsec secrets.
+_SCRUB = [
+    (re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?<redacted>"),
+    (re.compile(r"(/v1/hooks/[a-z0-9_-]+/)[A-Za-z0-9_.\-]+"), r"\1<token>"),
+    (re.compile(r"(whsec_|wbs_|Bearer )[A-Za-z0-9+/=_\-.]+"), r"\1<redacted>"),
+]
+_FIELDS = ("task_id", "provider", "job_id", "delivery", "status", "reason", "event")
+
+
+def scrub(text: str) -> str:
+    for pattern, repl in _SCRUB:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
+        if record.exc_info:
+            data["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(data)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(
+            f"{n}={getattr(record, n)}" for n in _FIELDS if getattr(record, n, None) is not None
+        )
+        return scrub(f"{record.levelname.lower():7} {record.name}: {record.getMessage()} {extra}")
+
+
+def setup(level: str = "info", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # uvicorn's access log prints request paths, which hold hook tokens: scrubbed by our handler.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,238 @@
+"""Plain data passed between the adapter families; no I/O here."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    ARCHIVED = "archived"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.ARCHIVED, Status.FAILED)
+
+
+class Reason(StrEnum):
+    PROVIDER_ERROR = "provider_error"
+    MODERATED = "moderated"
+    EXPIRED = "expired"
+    FETCH_FAILED = "fetch_failed"
+    STORE_FAILED = "store_failed"
+
+
+class OutcomeStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    MODERATED = "moderated"
+
+
+def new_id(prefix: str = "tsk") -> str:
+    """Time-ordered, unguessable: 12 hex digits of milliseconds then 16 of randomness."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+@dataclass(frozen=True)
+class ResultImage:
+    """One result as the provider reports it: a URL with its deadline, or inline bytes."""
+
+    url: str | None = None
+    expires_at: float | None = None
+    inline: bytes | None = None
+    content_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "expires_at": self.expires_at, "content_type": self.content_type}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A provider's answer in one normalized form, from a callback, a poll or a response."""
+
+    status: OutcomeStatus
+    images: tuple[ResultImage, ...] = ()
+    provider_task_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    cost: str | None = None
+    seed: int | None = None
+    model: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status is not OutcomeStatus.PENDING
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["images"] = [img.to_json() for img in self.images]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(
+            status=OutcomeStatus(data["status"]),
+            images=tuple(
+                ResultImage(
+                    url=i.get("url"),
+                    expires_at=i.get("expires_at"),
+                    content_type=i.get("content_type"),
+                )
+                for i in data.get("images") or ()
+            ),
+            provider_task_id=data.get("provider_task_id"),
+            error_code=data.get("error_code"),
+            error_message=data.get("error_message"),
+            cost=data.get("cost"),
+            seed=data.get("seed"),
+            model=data.get("model"),
+        )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    index: int
+    uri: str
+    sidecar_uri: str
+    key: str
+    sha256: str
+    bytes: int
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+    sidecar: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredObject:
+        return cls(**data)
+
+
+@dataclass
+class Task:
+    id: str
+    provider: str
+    model: str | None
+    prompt: str
+    params: dict[str, Any]
+    destination: str
+    metadata: dict[str, Any]
+    notify_url: str | None
+    status: Status
+    created_at: float
+    updated_at: float
+    provider_task_id: str | None = None
+    failure_reason: str | None = None
+    failure_message: str | None = None
+    outcome: Outcome | None = None
+    objects: list[StoredObject] = field(default_factory=list)
+    submitted_at: float | None = None
+    completed_at: float | None = None
+    archived_at: float | None = None
+    next_poll_at: float | None = None
+    poll_attempts: int = 0
+    idempotency_key: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The task as the API shows it (contract: GET /v1/tasks/{id})."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "provider_task_id": self.provider_task_id,
+            "model": self.model,
+            "prompt": self.prompt,
+            "params": self.params,
+            "destination": self.destination,
+            "metadata": self.metadata,
+            "notify_url": self.notify_url,
+            "status": self.status.value,
+            "failure": (
+                {"reason": self.failure_reason, "message": self.failure_message}
+                if self.status is Status.FAILED
+                else None
+            ),
+            "objects": [
+                {
+                    "uri": o.uri,
+                    "sidecar_uri": o.sidecar_uri,
+                    "sha256": o.sha256,
+                    "bytes": o.bytes,
+                    "content_type": o.content_type,
+                    "width": o.width,
+                    "height": o.height,
+                }
+                for o in self.objects
+            ],
+            "seed": self.outcome.seed if self.outcome else None,
+            "cost": self.outcome.cost if self.outcome else None,
+            "created_at": self.created_at,
+            "submitted_at": self.submitted_at,
+            "completed_at": self.completed_at,
+            "archived_at": self.archived_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class NewTask:
+    provider: str
+    prompt: str
+    destination: str
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notify_url: str | None = None
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True)
+class Job:
+    """An archive job: fetch every result of ``task_id`` and store it."""
+
+    id: int
+    task_id: str
+    attempts: int
+    deadline: float | None
+    lease_owner: str
+    lease_expires_at: float
+
+
+@dataclass(frozen=True)
+class Event:
+    task_id: str
+    seq: int
+    status: str
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event for the application; the payload is built from the task when sent."""
+
+    id: str  # the webhook-id, the same on every retry
+    task_id: str
+    event: str  # "task.archived" | "task.failed"
+    url: str
+    attempts: int
+    created_at: float
+    lease_owner: str
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What one callback changed: ``duplicate`` means nothing."""
+
+    duplicate: bool
+    task: Task | None
+    job_enqueued: bool = False

@@ -1,0 +1,137 @@
+"""Push to the application: a Standard Webhooks-signed POST when a task is archived or fails.
+
+Each event is a row in the ledger with its own id, sent as ``webhook-id`` on every retry so the
+application can de-duplicate. Retries back off for at least 24 hours; a restart loses none
+because the ledger holds them. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from . import backoff, metrics
+from .errors import LedgerUnavailable, ReceiverError
+from .models import Notification, Task
+from .runtime import Runtime
+from .signatures import standard_sign
+
+log = logging.getLogger("receiver.notify")
+
+
+async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> dict[str, Any]:
+    """The task, and for each archived object its location, a presigned link where the
+    destination can make one, and its sidecar."""
+    objects = []
+    dest = rt.destinations.get(task.destination)
+    for obj in task.objects:
+        presigned = None
+        if dest is not None:
+            with contextlib.suppress(ReceiverError):
+                presigned = await dest.presign(obj.key, rt.settings.notify.presign_seconds)
+        objects.append(
+            {
+                "index": obj.index,
+                "uri": obj.uri,
+                "sidecar_uri": obj.sidecar_uri,
+                "sha256": obj.sha256,
+                "bytes": obj.bytes,
+                "content_type": obj.content_type,
+                "presigned_url": presigned,
+                "sidecar": obj.sidecar,
+            }
+        )
+    data = task.public()
+    data["objects"] = objects
+    return {"id": event_id, "type": event, "timestamp": int(time.time()), "data": data}
+
+
+class Notifier:
+    def __init__(self, runtime: Runtime, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.rt = runtime
+        self.conf = runtime.settings.notify
+        self._stopping = asyncio.Event()
+        self.http = httpx.AsyncClient(
+            timeout=self.conf.timeout,
+            follow_redirects=False,
+            transport=transport,
+            headers={"user-agent": "receiver-notify"},
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        wake = self.rt.changes.subscribe("notify")
+        interval = self.rt.settings.worker.poll_interval
+        try:
+            while not self._stopping.is_set():
+                batch: list[Notification] = []
+                try:
+                    batch = await self.rt.ledger.claim_notifications(
+                        self.rt.owner, self.conf.concurrency, 60.0
+                    )
+                    await asyncio.gather(*(self.send(n) for n in batch))
+                except LedgerUnavailable as exc:
+                    log.warning("notifier: ledger unavailable: %s", exc)
+                if batch:
+                    continue
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+        finally:
+            self.rt.changes.unsubscribe("notify", wake)
+            await self.http.aclose()
+
+    async def send(self, note: Notification) -> bool:
+        ledger = self.rt.ledger
+        task = await ledger.get_task(note.task_id)
+        if task is None:
+            await ledger.retry_notification(note.id, self.rt.owner, "task gone", 0, give_up=True)
+            return False
+        error = await self._post(note, task)
+        if error is None:
+            metrics.NOTIFICATIONS.labels("delivered").inc()
+            await ledger.finish_notification(note.id, self.rt.owner)
+            log.info("notified", extra={"task_id": task.id, "event": note.event})
+            return True
+        give_up = time.time() - note.created_at > self.conf.retry_hours * 3600
+        delay = backoff.delay(
+            note.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
+        )
+        metrics.NOTIFICATIONS.labels("dead" if give_up else "retry").inc()
+        log.info(
+            "notification failed (%s); %s",
+            error,
+            "giving up" if give_up else f"retry in {delay:.0f}s",
+            extra={"task_id": task.id, "event": note.event},
+        )
+        await ledger.retry_notification(note.id, self.rt.owner, error, delay, give_up=give_up)
+        return False
+
+    async def _post(self, note: Notification, task: Task) -> str | None:
+        """None on success, else why it failed."""
+        if not self.conf.secret:
+            return "notify.secret is not configured"
+        payload = await build_payload(self.rt, task, note.event, note.id)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        ts = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": note.id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": standard_sign(self.conf.secret, note.id, ts, body),
+        }
+        try:
+            response = await self.http.post(note.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}"
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"

@@ -1,0 +1,222 @@
+"""The provider adapter family: one base class, one module per hosted API.
+
+An adapter turns a task into the provider's request, reads the provider's answer (callback,
+poll or synchronous response) into one normalized :class:`~receiver.models.Outcome`, and
+verifies the provider's callback signature. httpx errors are translated to
+:class:`~receiver.errors.ProviderError` here, never leaking to callers.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from .. import backoff
+from ..config import ProviderSettings
+from ..errors import BadRequest, NotFound, ProviderError, ValidationFailed
+from ..models import Outcome, Task
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    """Where and how the provider should call us back for one task."""
+
+    url: str
+    secret: str  # the per-task webhook secret, already in the provider's format
+
+
+@dataclass(frozen=True)
+class Submission:
+    provider_task_id: str | None
+    # Synchronous providers return the final outcome with the submission.
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A parsed callback body."""
+
+    delivery_key: str  # de-duplication key: the sender's delivery id, else a body digest
+    outcome: Outcome
+    provider_task_id: str | None = None
+
+
+class Provider(ABC):
+    """Base of every provider adapter. Subclasses set the class attributes and the methods."""
+
+    name: ClassVar[str]
+    default_base_url: ClassVar[str]
+    default_model: ClassVar[str | None] = None
+    # How long a result URL stays fetchable after the task completes.
+    url_lifetime: ClassVar[float] = 600.0
+    # False for poll-only providers (APIMart): the reconciler polls from submission on.
+    delivers_callbacks: ClassVar[bool] = True
+    # True when the submit response carries the result (EigenAI).
+    synchronous: ClassVar[bool] = False
+    # Poll a task that has had no callback for this long (configurable per provider).
+    callback_grace: ClassVar[float] = 300.0
+    # Formats of the per-task secret: "whsec" (Standard Webhooks) or "hex".
+    secret_format: ClassVar[str] = "hex"
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        http: httpx.AsyncClient,
+        *,
+        tolerance_seconds: int = 300,
+    ) -> None:
+        self.settings = settings
+        self.http = http
+        self.tolerance_seconds = tolerance_seconds
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+
+    # --- request side ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def validate(self, model: str | None, prompt: str, params: Mapping[str, Any]) -> None:
+        """Raise ValidationFailed naming the field for anything outside documented limits."""
+
+    @abstractmethod
+    async def submit(self, task: Task, callback: CallbackTarget | None) -> Submission:
+        """Send the task. Must not repeat a POST that may have reached the provider, except
+        after a 429 (honouring Retry-After) or a refused connection."""
+
+    async def poll(self, task: Task) -> Outcome:
+        """Ask the provider for the task's current state (also refreshes result URLs)."""
+        raise ProviderError(f"{self.name} cannot be polled", maybe_sent=False)
+
+    @property
+    def can_poll(self) -> bool:
+        return type(self).poll is not Provider.poll
+
+    # --- callback side --------------------------------------------------------------------------
+
+    async def verify_callback(
+        self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str]
+    ) -> None:
+        """Check the provider's own signature with any of the task's ``secrets`` (rotation).
+
+        The URL token has already been checked. The default accepts: for providers whose
+        per-request callbacks are unsigned, the token is the only check. Async because some
+        schemes fetch keys (fal's JWKS)."""
+        return None
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        raise BadRequest(f"{self.name} does not send callbacks")
+
+    async def verify_account_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Verify an account-level webhook with the configured ``webhook_secret``."""
+        raise NotFound(f"{self.name} has no account-level webhooks")
+
+    # --- helpers for subclasses -----------------------------------------------------------------
+
+    @property
+    def model_or_default(self) -> str | None:
+        return self.default_model
+
+    def deadline_for(self, outcome: Outcome, received_at: float | None = None) -> float | None:
+        """The earliest moment one of the outcome's URLs stops working."""
+        start = received_at if received_at is not None else time.time()
+        deadlines = [
+            img.expires_at if img.expires_at is not None else start + self.url_lifetime
+            for img in outcome.images
+            if img.url is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    @staticmethod
+    def require_str(params: Mapping[str, Any], key: str, lo: int, hi: int) -> None:
+        value = params.get(key)
+        if value is None:
+            return
+        if not isinstance(value, str) or not lo <= len(value) <= hi:
+            raise ValidationFailed(key, f"must be a string of {lo} to {hi} characters")
+
+    @staticmethod
+    def require_int(params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> None:
+        value = params.get(key)
+        if value is None:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < lo
+            or (hi is not None and value > hi)
+        ):
+            bound = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise ValidationFailed(key, f"must be an integer, {bound}")
+
+    @staticmethod
+    def require_choice(params: Mapping[str, Any], key: str, choices: Sequence[Any]) -> None:
+        value = params.get(key)
+        if value is not None and value not in choices:
+            raise ValidationFailed(key, f"must be one of {', '.join(map(str, choices))}")
+
+    @staticmethod
+    def reject_unknown(params: Mapping[str, Any], allowed: Sequence[str]) -> None:
+        for key in params:
+            if key not in allowed:
+                raise ValidationFailed(f"params.{key}", "is not a parameter of this provider")
+
+    async def request(
+        self, method: str, url: str, *, retry_429: int = 3, **kwargs: Any
+    ) -> httpx.Response:
+        """One HTTP call with the adapter-boundary error translation.
+
+        A POST is repeated only after 429 (Retry-After honoured) or a refused connection:
+        a timeout may mean the provider got it, and a second POST could bill twice."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self.http.request(method, url, **kwargs)
+            except httpx.ConnectError as exc:
+                if attempt <= retry_429:
+                    await backoff.sleep(backoff.delay(attempt, 0.5, 5.0))
+                    continue
+                raise ProviderError(
+                    f"{self.name}: cannot connect: {exc}", maybe_sent=False
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise ProviderError(f"{self.name}: timed out: {exc}") from exc
+            except httpx.HTTPError as exc:
+                raise ProviderError(f"{self.name}: {exc}") from exc
+            if response.status_code == 429:
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                if attempt <= retry_429 and retry_after <= 60:
+                    await backoff.sleep(retry_after)
+                    continue
+                raise ProviderError(
+                    f"{self.name}: rate limited (429)", retry_after=retry_after, maybe_sent=False
+                )
+            if response.status_code >= 400:
+                raise ProviderError(
+                    f"{self.name}: HTTP {response.status_code}: {response.text[:300]}"
+                )
+            return response
+
+
+def _retry_after(value: str | None) -> float:
+    if not value:
+        return 1.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return 1.0
+
+
+def json_body(response: httpx.Response, provider: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ProviderError(f"{provider}: response is not JSON") from exc

@@ -1,0 +1,110 @@
+"""The long-lived parts one process shares: ledger, destinations, providers, fetcher.
+
+Built from :class:`~receiver.config.Settings`; the HTTP app, the worker, the reconciler and the
+CLI all take a Runtime, so tests can hand in fakes (an in-memory ledger, MockTransport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections import defaultdict
+from typing import Any
+
+import httpx
+
+from .config import Settings
+from .destinations import Destination, build_destination
+from .errors import NotFound
+from .fetch import Fetcher
+from .ledger import Ledger, open_ledger
+from .providers import Provider, build_provider
+
+log = logging.getLogger("receiver.runtime")
+
+
+class Changes:
+    """Wake-ups inside one process: ``jobs`` for workers, ``task:<id>`` for event streams.
+    The PostgreSQL ledger feeds it from LISTEN/NOTIFY so every replica wakes."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def subscribe(self, channel: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events[channel].add(event)
+        return event
+
+    def unsubscribe(self, channel: str, event: asyncio.Event) -> None:
+        self._events[channel].discard(event)
+        if not self._events[channel]:
+            del self._events[channel]
+
+    def notify(self, channel: str) -> None:
+        for event in list(self._events.get(channel, ())):
+            event.set()
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger | None = None,
+        provider_transport: httpx.AsyncBaseTransport | None = None,
+        fetch_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger or open_ledger(settings.ledger_url)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.changes = Changes()
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(name, conf) for name, conf in settings.destinations.items()
+        }
+        self.fetcher = Fetcher(settings.fetch, transport=fetch_transport)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            transport=provider_transport,
+            follow_redirects=False,
+            headers={"user-agent": "receiver"},
+        )
+        self._providers: dict[str, Provider] = {}
+
+    async def open(self) -> None:
+        await self.ledger.open()
+        await self.ledger.listen(self._on_ledger_change)
+
+    def _on_ledger_change(self, channel: str) -> None:
+        self.changes.notify(channel)
+
+    def provider(self, name: str) -> Provider:
+        found = self._providers.get(name)
+        if found is None:
+            found = build_provider(
+                name,
+                self.settings.provider(name),
+                self.http,
+                tolerance_seconds=self.settings.server.signature_tolerance_seconds,
+            )
+            self._providers[name] = found
+        return found
+
+    def destination(self, name: str) -> Destination:
+        found = self.destinations.get(name)
+        if found is None:
+            raise NotFound(f"unknown destination {name!r}")
+        return found
+
+    async def close(self) -> None:
+        results: list[Any] = await asyncio.gather(
+            self.fetcher.aclose(),
+            self.http.aclose(),
+            *(d.close() for d in self.destinations.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("error while closing: %s", result)
+        await self.ledger.close()

@@ -1,0 +1,121 @@
+"""Creating a task: validate, record, submit to the provider with our callback settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import NotFound, ProviderError, ValidationFailed
+from .models import NewTask, Reason, Task
+from .providers import CallbackTarget
+from .runtime import Runtime
+from .signatures import hook_token, task_secrets
+
+log = logging.getLogger("receiver.submit")
+
+
+class TaskRequest(BaseModel):
+    """Body of ``POST /v1/tasks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(min_length=1, max_length=64)
+    prompt: str = Field(min_length=1)
+    model: str | None = Field(default=None, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict)
+    destination: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    notify_url: str | None = Field(default=None, max_length=2000)
+
+
+def callback_url(rt: Runtime, task_id: str, provider: str) -> str:
+    token = hook_token(rt.settings.secret_keys, task_id, provider)
+    return f"{rt.settings.public_url}/v1/hooks/{provider}/{token}"
+
+
+def validate(rt: Runtime, req: TaskRequest) -> NewTask:
+    """Everything checked before any call goes out: a bad field is a 422 naming it."""
+    try:
+        provider = rt.provider(req.provider)
+    except NotFound as exc:
+        raise ValidationFailed("provider", exc.message) from None
+    destination = req.destination or rt.settings.default_destination
+    if destination not in rt.destinations:
+        raise ValidationFailed(
+            "destination", f"{destination!r} is not configured ({', '.join(rt.destinations)})"
+        )
+    meta_size = len(json.dumps(req.metadata))
+    if meta_size > rt.settings.server.max_metadata_bytes:
+        raise ValidationFailed(
+            "metadata", f"{meta_size} bytes, over {rt.settings.server.max_metadata_bytes}"
+        )
+    notify_url = req.notify_url or rt.settings.notify.default_url
+    if notify_url is not None and not notify_url.startswith(("http://", "https://")):
+        raise ValidationFailed("notify_url", "must be an http(s) URL")
+    if notify_url is not None and not rt.settings.notify.secret:
+        raise ValidationFailed("notify_url", "this server has no notify.secret to sign with")
+    provider.validate(req.model, req.prompt, req.params)
+    return NewTask(
+        provider=req.provider,
+        prompt=req.prompt,
+        destination=destination,
+        model=req.model or provider.default_model,
+        params=req.params,
+        metadata=req.metadata,
+        notify_url=notify_url,
+    )
+
+
+async def create_and_submit(
+    rt: Runtime, req: TaskRequest, idempotency_key: str | None = None
+) -> tuple[Task, bool]:
+    """Record the task, then submit it. Returns ``(task, created)``; a repeated idempotency
+    key returns the first task without a second submission."""
+    new = validate(rt, req)
+    task, created = await rt.ledger.create_task(new, idempotency_key=idempotency_key)
+    if not created:
+        return task, False
+    return await submit(rt, task), True
+
+
+async def submit(rt: Runtime, task: Task) -> Task:
+    provider = rt.provider(task.provider)
+    target = None
+    if provider.delivers_callbacks:
+        secret = task_secrets(rt.settings.secret_keys, task.id, provider.secret_format)[0]
+        target = CallbackTarget(url=callback_url(rt, task.id, task.provider), secret=secret)
+    extra = {"task_id": task.id, "provider": task.provider}
+    try:
+        submission = await provider.submit(task, target)
+    except ProviderError as exc:
+        log.warning("submission failed: %s", exc.message, extra=extra)
+        failed = await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, exc.message)
+        return failed or task
+    conf = rt.settings.provider(task.provider)
+    if submission.outcome is not None:
+        first_poll = None
+    elif provider.delivers_callbacks:
+        grace = conf.callback_grace_seconds
+        first_poll = time.time() + (grace if grace is not None else provider.callback_grace)
+    else:
+        first_poll = time.time() + (conf.poll_interval or 2.0)
+    updated = await rt.ledger.mark_submitted(
+        task.id, submission.provider_task_id, next_poll_at=first_poll
+    )
+    if submission.outcome is not None:
+        result = await rt.ledger.record_outcome(
+            task.id,
+            submission.outcome,
+            provider=task.provider,
+            delivery_key=f"sync:{task.id}",
+            deadline=provider.deadline_for(submission.outcome),
+        )
+        if result.job_enqueued:
+            rt.changes.notify("jobs")
+        updated = result.task or updated
+    log.info("submitted", extra={**extra, "status": updated.status.value})
+    return updated

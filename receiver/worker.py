@@ -1,0 +1,277 @@
+"""Archive workers: claim jobs under a lease, fetch every result, store image then sidecar.
+
+Crash safety comes from the lease: a job whose worker died is claimed again when its lease
+runs out, and create-only writes make the second attempt harmless. On shutdown the worker stops
+claiming, lets running jobs finish within the grace period, and gives back the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from . import backoff, metrics, sidecar
+from .errors import (
+    AlreadyExists,
+    FetchError,
+    FetchExpired,
+    FetchRefused,
+    LedgerUnavailable,
+    ProviderError,
+    ReceiverError,
+    StoreError,
+)
+from .fetch import Fetched
+from .models import Job, Outcome, OutcomeStatus, Reason, StoredObject, Task
+from .runtime import Runtime
+
+log = logging.getLogger("receiver.worker")
+
+
+class Worker:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.conf = runtime.settings.worker
+        self.inflight: dict[int, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        wake = self.rt.changes.subscribe("jobs")
+        try:
+            while not self._stopping.is_set():
+                free = self.conf.concurrency - len(self.inflight)
+                claimed: list[Job] = []
+                if free > 0:
+                    try:
+                        claimed = await self.rt.ledger.claim_jobs(
+                            self.rt.owner, free, self.conf.lease_seconds
+                        )
+                    except LedgerUnavailable as exc:
+                        log.warning("cannot claim jobs: %s", exc)
+                for job in claimed:
+                    self.inflight[job.id] = asyncio.create_task(self._guarded(job))
+                if claimed and len(claimed) == free:
+                    await asyncio.sleep(0)  # more may be due: claim again at once
+                    continue
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        _first(wake.wait(), self._stopping.wait()), self.conf.poll_interval
+                    )
+        finally:
+            self.rt.changes.unsubscribe("jobs", wake)
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self.inflight:
+            _, pending = await asyncio.wait(
+                list(self.inflight.values()), timeout=self.conf.shutdown_grace_seconds
+            )
+            for job in pending:
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(ReceiverError):
+            given = await self.rt.ledger.release_jobs(self.rt.owner)
+            if given:
+                log.info("gave back %d unfinished jobs", given)
+
+    async def _guarded(self, job: Job) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self.process(job)
+        except asyncio.CancelledError:
+            raise
+        except LedgerUnavailable as exc:
+            log.warning("ledger unavailable during job %s: %s", job.id, exc)
+        except Exception:
+            log.exception("job crashed", extra={"job_id": job.id, "task_id": job.task_id})
+            with contextlib.suppress(ReceiverError):
+                await self.rt.ledger.retry_job(job.id, self.rt.owner, "internal error", 5.0)
+        finally:
+            heartbeat.cancel()
+            self.inflight.pop(job.id, None)
+
+    async def _heartbeat(self, job: Job) -> None:
+        interval = max(0.2, self.conf.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ReceiverError):
+                await self.rt.ledger.extend_lease(job.id, self.rt.owner, self.conf.lease_seconds)
+
+    async def process(self, job: Job) -> None:
+        ledger = self.rt.ledger
+        task = await ledger.get_task(job.task_id)
+        if task is None or task.outcome is None:
+            await ledger.fail_job(job.id, self.rt.owner, Reason.FETCH_FAILED, "task has no result")
+            return
+        extra = {"task_id": task.id, "provider": task.provider, "job_id": job.id}
+        outcome = task.outcome
+        refreshed = False
+        while True:
+            try:
+                objects = await self.archive(task, outcome)
+            except FetchExpired as exc:
+                if not refreshed:
+                    fresh = await self._refresh(task)
+                    if fresh is not None:
+                        outcome, refreshed = fresh, True
+                        continue
+                await self._give_up(job, task, Reason.EXPIRED, str(exc))
+                return
+            except FetchRefused as exc:
+                await self._give_up(job, task, Reason.FETCH_FAILED, str(exc))
+                return
+            except FetchError as exc:
+                await self._retry_or_fail(job, Reason.FETCH_FAILED, str(exc))
+                return
+            except StoreError as exc:
+                if exc.permanent:
+                    await self._give_up(job, task, Reason.STORE_FAILED, str(exc))
+                else:
+                    await self._retry_or_fail(job, Reason.STORE_FAILED, str(exc))
+                return
+            break
+        done = await ledger.finish_job(job.id, self.rt.owner, objects)
+        if done is None:
+            log.info("lease lost before finishing; another worker owns the job", extra=extra)
+            return
+        self._changed(task.id)
+        metrics.JOB_OUTCOMES.labels("archived").inc()
+        if task.completed_at:
+            metrics.ARCHIVE_LATENCY.observe(max(0.0, time.time() - task.completed_at))
+        log.info("archived %d images", len(objects), extra={**extra, "status": "archived"})
+
+    async def _refresh(self, task: Task) -> Outcome | None:
+        """Ask the provider for fresh result URLs, where it can give them."""
+        provider = self.rt.provider(task.provider)
+        if not provider.can_poll or not task.provider_task_id:
+            return None
+        try:
+            fresh = await provider.poll(task)
+        except ProviderError as exc:
+            log.info("refresh by polling failed: %s", exc, extra={"task_id": task.id})
+            return None
+        if fresh.status is OutcomeStatus.SUCCEEDED and fresh.images:
+            return fresh
+        return None
+
+    async def _give_up(self, job: Job, task: Task, reason: Reason, message: str) -> None:
+        metrics.JOB_OUTCOMES.labels(reason.value).inc()
+        log.warning(
+            "task failed: %s",
+            message,
+            extra={"task_id": task.id, "provider": task.provider, "reason": reason.value},
+        )
+        await self.rt.ledger.fail_job(job.id, self.rt.owner, reason, message)
+        self._changed(task.id)
+
+    def _changed(self, task_id: str) -> None:
+        self.rt.changes.notify(f"task:{task_id}")
+        self.rt.changes.notify("notify")
+
+    async def _retry_or_fail(self, job: Job, reason: Reason, message: str) -> None:
+        delay = backoff.delay(
+            job.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
+        )
+        now = time.time()
+        if job.deadline is not None and now + delay >= job.deadline:
+            final = Reason.EXPIRED if reason is Reason.FETCH_FAILED else reason
+            task = await self.rt.ledger.get_task(job.task_id)
+            if task is not None:
+                await self._give_up(job, task, final, f"{message} (result URL deadline reached)")
+            return
+        if job.attempts >= self.conf.max_attempts:
+            task = await self.rt.ledger.get_task(job.task_id)
+            if task is not None:
+                await self._give_up(job, task, reason, f"{message} (after {job.attempts} attempts)")
+            return
+        metrics.JOB_OUTCOMES.labels("retry").inc()
+        log.info("retrying in %.1fs: %s", delay, message, extra={"task_id": job.task_id})
+        await self.rt.ledger.retry_job(job.id, self.rt.owner, message, delay)
+
+    async def archive(self, task: Task, outcome: Outcome) -> list[StoredObject]:
+        """Fetch and store every result; safe to repeat (create-only writes)."""
+        dest = self.rt.destination(task.destination)
+        provider_model = self.rt.provider(task.provider).default_model
+        objects = []
+        for index, image in enumerate(outcome.images):
+            fetched = await self._fetch(task, index, image.url)
+            try:
+                key = sidecar.image_key(task, index, fetched.ext)
+                meta = {"task-id": task.id, "sha256": fetched.sha256}
+                try:
+                    uri = await dest.put(
+                        key,
+                        fetched.file,
+                        size=fetched.size,
+                        content_type=fetched.content_type,
+                        metadata=meta,
+                    )
+                except AlreadyExists:
+                    uri = dest.uri(key)  # an earlier attempt stored it; same task, same bytes
+                doc = sidecar.build(
+                    task,
+                    outcome,
+                    index=index,
+                    content_type=fetched.content_type,
+                    size=fetched.size,
+                    sha256=fetched.sha256,
+                    width=fetched.width,
+                    height=fetched.height,
+                    source_url=fetched.source_url,
+                    archived_at=time.time(),
+                    default_model=provider_model,
+                )
+                side_key = sidecar.sidecar_key(key)
+                body = sidecar.dumps(doc)
+                try:
+                    side_uri = await dest.put(
+                        side_key,
+                        body,
+                        size=len(body),
+                        content_type="application/json",
+                        metadata={"task-id": task.id},
+                    )
+                except AlreadyExists:
+                    side_uri = dest.uri(side_key)  # the pair was already complete
+                metrics.ARCHIVED_BYTES.labels(dest.name).inc(fetched.size)
+                metrics.ARCHIVED_OBJECTS.labels(dest.name).inc()
+                objects.append(
+                    StoredObject(
+                        index=index,
+                        uri=uri,
+                        sidecar_uri=side_uri,
+                        key=key,
+                        sha256=fetched.sha256,
+                        bytes=fetched.size,
+                        content_type=fetched.content_type,
+                        width=fetched.width,
+                        height=fetched.height,
+                        sidecar=doc,
+                    )
+                )
+            finally:
+                fetched.close()
+        return objects
+
+    async def _fetch(self, task: Task, index: int, url: str | None) -> Fetched:
+        if url is None:
+            data = await self.rt.ledger.inline_image(task.id, index)
+            if data is None:
+                raise FetchRefused(f"result {index} has neither a URL nor inline bytes")
+            return await self.rt.fetcher.fetch_bytes(data, f"inline:{task.provider}")
+        return await self.rt.fetcher.fetch(url)
+
+
+async def _first(*aws: object) -> None:
+    tasks = [asyncio.ensure_future(aw) for aw in aws]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
