@@ -1,0 +1,152 @@
+"""PostgreSQL ledger: what several replicas share.
+
+Transactions run on a thread pool of synchronous psycopg connections (the logic is shared
+with SQLite); ``FOR UPDATE SKIP LOCKED`` hands each job to one replica; ``NOTIFY`` inside the
+transaction wakes every replica's workers and event streams once it commits. Migrations run
+under an advisory lock so replicas starting together apply them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .. import backoff
+from ..errors import LedgerUnavailable
+from .base import Listener
+from .sql import SqlLedger, Tx, migrations
+
+T = TypeVar("T")
+log = logging.getLogger("receiver.ledger")
+CHANNEL = "receiver"
+MIGRATION_LOCK = 0x7265636569766572  # "receiver"
+RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+class PostgresLedger(SqlLedger):
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        super().__init__()
+        self.url = url.replace("postgres://", "postgresql://", 1)
+        self.pool_size = pool_size
+        self._pool: ConnectionPool[Any] | None = None
+        self._limiter = anyio.CapacityLimiter(pool_size)
+        self._listen_task: asyncio.Task[None] | None = None
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # Client-side binding: NULL parameters need no type inference.
+        conn.cursor_factory = psycopg.ClientCursor
+        conn.row_factory = dict_row  # type: ignore[assignment]
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise LedgerUnavailable(f"postgresql: {exc}".strip()) from exc
+
+    async def open(self) -> None:
+        def fn() -> None:
+            pool: ConnectionPool[Any] = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                configure=self._configure,
+                timeout=10.0,
+                open=False,
+            )
+            pool.open(wait=True, timeout=10.0)
+            try:
+                with pool.connection() as conn:
+                    self._migrate(conn)
+            except BaseException:
+                pool.close()
+                raise
+            self._pool = pool
+
+        if self._pool is None:
+            await self._thread(fn)
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS receiver_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            rows = conn.execute("SELECT version FROM receiver_migrations").fetchall()
+            done = {r["version"] for r in rows}
+            for version, statements in migrations(self.dialect):
+                if version in done:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO receiver_migrations VALUES (%s, %s)", (version, time.time())
+                )
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listen_task
+            self._listen_task = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await anyio.to_thread.run_sync(pool.close)
+
+    async def ping(self) -> None:
+        await self._tx(lambda tx: tx.raw("SELECT 1 AS ok", {}), write=False)
+
+    async def _tx(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        def run() -> T:
+            pool = self._pool
+            if pool is None:
+                raise LedgerUnavailable("the ledger is not open")
+            for attempt in range(5):
+                try:
+                    with pool.connection() as conn, conn.transaction():
+                        tx = Tx(conn.cursor(), self.q, self.now())
+                        result = fn(tx)
+                        for channel in sorted(tx.channels):
+                            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, channel))
+                        return result
+                except RETRYABLE:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+        return await self._thread(run)
+
+    async def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen_loop())
+
+    async def _listen_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    attempt = 0
+                    async for note in conn.notifies():
+                        await self._wake([note.payload])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection dropped: reconnect, workers still poll
+                attempt += 1
+                log.warning("LISTEN connection lost: %s", exc)
+                await asyncio.sleep(max(0.2, backoff.delay(attempt, 0.5, 10.0)))

@@ -1,0 +1,84 @@
+-- The ledger's tables. Times are epoch seconds (REAL); JSON is stored as TEXT.
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    model TEXT,
+    prompt TEXT NOT NULL,
+    params TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    notify_url TEXT,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    provider_task_id TEXT,
+    failure_reason TEXT,
+    failure_message TEXT,
+    outcome TEXT,
+    objects TEXT NOT NULL DEFAULT '[]',
+    submitted_at REAL,
+    completed_at REAL,
+    archived_at REAL,
+    next_poll_at REAL,
+    poll_attempts INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT UNIQUE
+);
+CREATE INDEX tasks_provider_task ON tasks (provider, provider_task_id);
+CREATE INDEX tasks_poll ON tasks (status, next_poll_at);
+CREATE INDEX tasks_created ON tasks (created_at);
+
+CREATE TABLE inline_images (
+    task_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (task_id, idx)
+);
+
+CREATE TABLE deliveries (
+    provider TEXT NOT NULL,
+    key TEXT NOT NULL,
+    task_id TEXT,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (provider, key)
+);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    deadline REAL,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_task ON jobs (task_id);
+
+CREATE TABLE events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+
+CREATE TABLE notifications (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    last_error TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX notifications_due ON notifications (state, next_attempt_at);

@@ -1,0 +1,499 @@
+"""The ledger logic both SQL backends share; each backend only says how to run a transaction.
+
+Statements live in ``queries.sql`` and schema migrations in ``schema/<dialect>/NNN_*.sql``.
+The logic is synchronous and runs in worker threads: SQLite has no async driver, and one code
+path for both dialects is worth more than async I/O for a handful of small statements.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+from ..errors import NotFound
+from ..models import (
+    Event,
+    Job,
+    NewTask,
+    Notification,
+    Outcome,
+    OutcomeStatus,
+    Reason,
+    RecordResult,
+    Status,
+    StoredObject,
+    Task,
+    new_id,
+)
+from .base import Ledger, Listener
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+def load_queries(dialect: str) -> dict[str, str]:
+    """Parse ``-- name: x`` blocks and adapt placeholders to the dialect's driver."""
+    text = resources.files(__package__).joinpath("queries.sql").read_text()
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines() + ["-- name: _end"]:
+        match = re.match(r"--\s*name:\s*(\w+)", line)
+        if match:
+            if name is not None:
+                queries[name] = "\n".join(lines).strip()
+            name, lines = match.group(1), []
+        elif name is not None and not line.startswith("--"):
+            lines.append(line)
+    queries.pop("_end", None)
+    lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgres" else ""
+    out = {}
+    for key, sql in queries.items():
+        sql = sql.replace("{skip_locked}", lock)
+        if dialect == "postgres":
+            sql = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+        out[key] = sql
+    return out
+
+
+def migrations(dialect: str) -> list[tuple[int, list[str]]]:
+    """(version, statements) for every schema file, in order."""
+    folder = resources.files(__package__).joinpath("schema", dialect)
+    found = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        version = int(entry.name.split("_", 1)[0])
+        body = "\n".join(
+            line for line in entry.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        statements = [s.strip() for s in body.split(";") if s.strip()]
+        found.append((version, statements))
+    return sorted(found)
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the logic uses."""
+
+    rowcount: int
+
+    def execute(self, sql: str, params: Any = ...) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Tx:
+    """One transaction: named statements in, dict rows out, and the channels to wake."""
+
+    def __init__(self, cursor: Cursor, queries: dict[str, str], now: float) -> None:
+        self.cursor = cursor
+        self.queries = queries
+        self.now = now
+        self.channels: set[str] = set()
+
+    def _run(self, name: str, params: dict[str, Any]) -> Cursor:
+        self.cursor.execute(self.queries[name], {"now": self.now, **params})
+        return self.cursor
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        return [dict(row) for row in self._run(name, params).fetchall()]
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        rows = self.all(name, **params)
+        return rows[0] if rows else None
+
+    def run(self, name: str, **params: Any) -> int:
+        return self._run(name, params).rowcount
+
+    def raw(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        self.cursor.execute(sql, params)
+        return [dict(row) for row in self.cursor.fetchall()]
+
+    def changed(self, channel: str) -> None:
+        self.channels.add(channel)
+
+
+def _task(row: Row) -> Task:
+    return Task(
+        id=row["id"],
+        provider=row["provider"],
+        model=row["model"],
+        prompt=row["prompt"],
+        params=json.loads(row["params"]),
+        destination=row["destination"],
+        metadata=json.loads(row["metadata"]),
+        notify_url=row["notify_url"],
+        status=Status(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        provider_task_id=row["provider_task_id"],
+        failure_reason=row["failure_reason"],
+        failure_message=row["failure_message"],
+        outcome=Outcome.from_json(json.loads(row["outcome"])) if row["outcome"] else None,
+        objects=[StoredObject.from_json(o) for o in json.loads(row["objects"] or "[]")],
+        submitted_at=row["submitted_at"],
+        completed_at=row["completed_at"],
+        archived_at=row["archived_at"],
+        next_poll_at=row["next_poll_at"],
+        poll_attempts=row["poll_attempts"],
+        idempotency_key=row["idempotency_key"],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class SqlLedger(Ledger):
+    dialect: str
+
+    def __init__(self) -> None:
+        self.q = load_queries(self.dialect)
+        self._listeners: list[Listener] = []
+
+    @abstractmethod
+    async def _tx(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction, commit, then wake listeners on ``tx.channels``."""
+
+    async def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def _wake(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            for listener in self._listeners:
+                result = listener(channel)
+                if result is not None:
+                    await result
+
+    # --- helpers used inside a transaction -------------------------------------------------
+
+    def _event(self, tx: Tx, task_id: str, status: str, data: dict[str, Any]) -> None:
+        tx.run("insert_event", task_id=task_id, status=status, data=_dumps(data))
+        tx.changed(f"task:{task_id}")
+
+    def _notification(self, tx: Tx, task_id: str, event: str) -> None:
+        if tx.one("insert_notification", nid=new_id("msg"), task_id=task_id, event=event):
+            tx.changed("notify")
+
+    def _enqueue(self, tx: Tx, task_id: str, deadline: float | None) -> None:
+        tx.run("insert_job", task_id=task_id, deadline=deadline)
+        tx.changed("jobs")
+
+    def _fail(
+        self, tx: Tx, task_id: str, reason: Reason, message: str, outcome: Outcome | None = None
+    ) -> Task | None:
+        row = tx.one(
+            "fail_task",
+            id=task_id,
+            reason=reason.value,
+            message=message,
+            outcome=_dumps(outcome.to_json()) if outcome else None,
+        )
+        if row is None:
+            return None
+        tx.run("kill_queued_jobs", task_id=task_id, error=message)
+        self._event(tx, task_id, "failed", {"reason": reason.value, "message": message})
+        self._notification(tx, task_id, "task.failed")
+        return _task(row)
+
+    def _get(self, tx: Tx, task_id: str) -> Task | None:
+        row = tx.one("get_task", id=task_id)
+        return _task(row) if row else None
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    async def create_task(
+        self, new: NewTask, *, idempotency_key: str | None = None
+    ) -> tuple[Task, bool]:
+        def fn(tx: Tx) -> tuple[Task, bool]:
+            inserted = tx.one(
+                "insert_task",
+                id=new.id,
+                provider=new.provider,
+                model=new.model,
+                prompt=new.prompt,
+                params=_dumps(new.params),
+                destination=new.destination,
+                metadata=_dumps(new.metadata),
+                notify_url=new.notify_url,
+                idempotency_key=idempotency_key,
+            )
+            if inserted is None:
+                row = tx.one("task_by_key", key=idempotency_key)
+                if row is None:  # the id itself collided: vanishingly rare, never silent
+                    raise RuntimeError(f"task id {new.id} already exists")
+                return _task(row), False
+            self._event(tx, new.id, "submitted", {"provider": new.provider})
+            task = self._get(tx, new.id)
+            assert task is not None
+            return task, True
+
+        return await self._tx(fn)
+
+    async def mark_submitted(
+        self, task_id: str, provider_task_id: str | None, *, next_poll_at: float | None
+    ) -> Task:
+        def fn(tx: Tx) -> Task:
+            row = tx.one(
+                "mark_submitted",
+                id=task_id,
+                provider_task_id=provider_task_id,
+                next_poll_at=next_poll_at,
+            )
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            return _task(row)
+
+        return await self._tx(fn)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        return await self._tx(lambda tx: self._get(tx, task_id), write=False)
+
+    async def find_task(self, provider: str, provider_task_id: str) -> Task | None:
+        def fn(tx: Tx) -> Task | None:
+            row = tx.one("find_task", provider=provider, provider_task_id=provider_task_id)
+            return _task(row) if row else None
+
+        return await self._tx(fn, write=False)
+
+    async def list_tasks(
+        self,
+        *,
+        status: Status | None = None,
+        provider: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Task], str | None]:
+        where, params = [], {}
+        mark = "%({})s" if self.dialect == "postgres" else ":{}"
+        for column, op, value in (
+            ("status", "=", status.value if status else None),
+            ("provider", "=", provider),
+            ("created_at", ">=", created_after),
+            ("created_at", "<", created_before),
+            ("id", "<", cursor),
+        ):
+            if value is not None:
+                name = f"p{len(params)}"
+                where.append(f"{column} {op} {mark.format(name)}")
+                params[name] = value
+        sql = "SELECT * FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY id DESC LIMIT {int(limit) + 1}"
+
+        def fn(tx: Tx) -> list[Row]:
+            return tx.raw(sql, params)
+
+        rows = await self._tx(fn, write=False)
+        tasks = [_task(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return tasks, (tasks[-1].id if more and tasks else None)
+
+    async def record_outcome(
+        self,
+        task_id: str,
+        outcome: Outcome,
+        *,
+        provider: str,
+        delivery_key: str | None,
+        deadline: float | None,
+    ) -> RecordResult:
+        def fn(tx: Tx) -> RecordResult:
+            if delivery_key is not None:
+                fresh = tx.one("insert_delivery", provider=provider, key=delivery_key, task_id=task_id)
+                if fresh is None:
+                    return RecordResult(duplicate=True, task=self._get(tx, task_id))
+            task = self._get(tx, task_id)
+            if task is None or not outcome.final or task.status is not Status.SUBMITTED:
+                return RecordResult(duplicate=False, task=task)
+            if outcome.status is OutcomeStatus.SUCCEEDED and not outcome.images:
+                failed = self._fail(
+                    tx, task_id, Reason.PROVIDER_ERROR, "the provider reported success without images", outcome
+                )
+                return RecordResult(duplicate=False, task=failed or task)
+            if outcome.status is OutcomeStatus.SUCCEEDED:
+                row = tx.one(
+                    "complete_task",
+                    id=task_id,
+                    outcome=_dumps(outcome.to_json()),
+                    provider_task_id=outcome.provider_task_id,
+                )
+                if row is None:
+                    return RecordResult(duplicate=False, task=self._get(tx, task_id))
+                for index, image in enumerate(outcome.images):
+                    if image.inline is not None:
+                        tx.run("insert_inline", task_id=task_id, idx=index, data=image.inline)
+                self._event(tx, task_id, "completed", {"images": len(outcome.images)})
+                self._enqueue(tx, task_id, deadline)
+                return RecordResult(duplicate=False, task=_task(row), job_enqueued=True)
+            reason = (
+                Reason.MODERATED if outcome.status is OutcomeStatus.MODERATED else Reason.PROVIDER_ERROR
+            )
+            message = outcome.error_message or outcome.error_code or reason.value
+            failed = self._fail(tx, task_id, reason, message, outcome)
+            return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
+
+        return await self._tx(fn)
+
+    async def fail_task(self, task_id: str, reason: Reason, message: str) -> Task | None:
+        def fn(tx: Tx) -> Task | None:
+            return self._fail(tx, task_id, reason, message) or self._get(tx, task_id)
+
+        return await self._tx(fn)
+
+    async def requeue_task(self, task_id: str, outcome: Outcome, deadline: float | None) -> Task:
+        def fn(tx: Tx) -> Task:
+            row = tx.one("requeue_task", id=task_id, outcome=_dumps(outcome.to_json()))
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            tx.run("kill_queued_jobs", task_id=task_id, error="replaced by a replay")
+            self._event(tx, task_id, "completed", {"images": len(outcome.images), "replay": True})
+            self._enqueue(tx, task_id, deadline)
+            return _task(row)
+
+        return await self._tx(fn)
+
+    # --- archive jobs -----------------------------------------------------------------------
+
+    async def claim_jobs(self, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+        def fn(tx: Tx) -> list[Job]:
+            rows = tx.all("claim_jobs", owner=owner, until=tx.now + lease_seconds, limit=limit)
+            return sorted((Job(**r) for r in rows), key=lambda j: j.id)
+
+        return await self._tx(fn)
+
+    async def extend_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
+        def fn(tx: Tx) -> bool:
+            return tx.one("extend_lease", id=job_id, owner=owner, until=tx.now + lease_seconds) is not None
+
+        return await self._tx(fn)
+
+    async def finish_job(self, job_id: int, owner: str, objects: list[StoredObject]) -> Task | None:
+        def fn(tx: Tx) -> Task | None:
+            ended = tx.one("end_job", id=job_id, owner=owner, state="done", error=None)
+            if ended is None:
+                return None
+            task_id = ended["task_id"]
+            row = tx.one(
+                "archive_task", id=task_id, objects=_dumps([o.to_json() for o in objects])
+            )
+            if row is None:
+                return self._get(tx, task_id)
+            self._event(tx, task_id, "archived", {"objects": [o.uri for o in objects]})
+            self._notification(tx, task_id, "task.archived")
+            return _task(row)
+
+        return await self._tx(fn)
+
+    async def retry_job(self, job_id: int, owner: str, error: str, delay: float) -> None:
+        def fn(tx: Tx) -> None:
+            tx.run("retry_job", id=job_id, owner=owner, error=error, due=tx.now + delay)
+            tx.changed("jobs")
+
+        await self._tx(fn)
+
+    async def fail_job(self, job_id: int, owner: str, reason: Reason, message: str) -> Task | None:
+        def fn(tx: Tx) -> Task | None:
+            ended = tx.one("end_job", id=job_id, owner=owner, state="dead", error=message)
+            if ended is None:
+                return None
+            return self._fail(tx, ended["task_id"], reason, message) or self._get(tx, ended["task_id"])
+
+        return await self._tx(fn)
+
+    async def release_jobs(self, owner: str) -> int:
+        def fn(tx: Tx) -> int:
+            count = tx.run("release_jobs", owner=owner)
+            if count:
+                tx.changed("jobs")
+            return count
+
+        return await self._tx(fn)
+
+    async def inline_image(self, task_id: str, index: int) -> bytes | None:
+        def fn(tx: Tx) -> bytes | None:
+            row = tx.one("inline_image", task_id=task_id, idx=index)
+            return bytes(row["data"]) if row else None
+
+        return await self._tx(fn, write=False)
+
+    async def queue_stats(self) -> tuple[int, float]:
+        def fn(tx: Tx) -> tuple[int, float]:
+            row = tx.one("queue_depth") or {}
+            oldest = row.get("oldest")
+            return int(row.get("depth") or 0), (max(0.0, tx.now - oldest) if oldest else 0.0)
+
+        return await self._tx(fn, write=False)
+
+    # --- events, polling, notifications ----------------------------------------------------
+
+    async def events(self, task_id: str, after_seq: int = 0) -> list[Event]:
+        def fn(tx: Tx) -> list[Event]:
+            return [
+                Event(r["task_id"], r["seq"], r["status"], r["at"], json.loads(r["data"]))
+                for r in tx.all("events", task_id=task_id, after=after_seq)
+            ]
+
+        return await self._tx(fn, write=False)
+
+    async def tasks_to_poll(self, limit: int) -> list[Task]:
+        def fn(tx: Tx) -> list[Task]:
+            return [_task(r) for r in tx.all("tasks_to_poll", limit=limit)]
+
+        return await self._tx(fn, write=False)
+
+    async def schedule_poll(self, task_id: str, next_poll_at: float | None) -> None:
+        await self._tx(lambda tx: tx.run("schedule_poll", id=task_id, next_poll_at=next_poll_at))
+
+    async def claim_notifications(
+        self, owner: str, limit: int, lease_seconds: float
+    ) -> list[Notification]:
+        def fn(tx: Tx) -> list[Notification]:
+            rows = tx.all(
+                "claim_notifications", owner=owner, until=tx.now + lease_seconds, limit=limit
+            )
+            return [Notification(**r) for r in rows]
+
+        return await self._tx(fn)
+
+    async def finish_notification(self, notification_id: str, owner: str) -> None:
+        await self._tx(lambda tx: tx.run("finish_notification", id=notification_id, owner=owner))
+
+    async def retry_notification(
+        self, notification_id: str, owner: str, error: str, delay: float, *, give_up: bool
+    ) -> None:
+        def fn(tx: Tx) -> None:
+            tx.run(
+                "retry_notification",
+                id=notification_id,
+                owner=owner,
+                error=error,
+                due=tx.now + delay,
+                state="dead" if give_up else "queued",
+            )
+
+        await self._tx(fn)
+
+    async def redeliver(self, task_id: str) -> Notification | None:
+        def fn(tx: Tx) -> Notification | None:
+            task = self._get(tx, task_id)
+            if task is None or not task.status.final or not task.notify_url:
+                return None
+            event = "task.archived" if task.status is Status.ARCHIVED else "task.failed"
+            row = tx.one("insert_notification", nid=new_id("msg"), task_id=task_id, event=event)
+            if row is None:
+                return None
+            tx.changed("notify")
+            return Notification(lease_owner="", **row)
+
+        return await self._tx(fn)
+
+    async def purge_deliveries(self, older_than: float) -> int:
+        return await self._tx(lambda tx: tx.run("purge_deliveries", before=older_than))

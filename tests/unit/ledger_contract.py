@@ -1,0 +1,318 @@
+"""One contract for every ledger backend; each backend's test module subclasses it and
+provides a ``ledger`` fixture (opened, empty)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from receiver.ledger import Ledger
+from receiver.models import (
+    NewTask,
+    Outcome,
+    OutcomeStatus,
+    Reason,
+    ResultImage,
+    Status,
+    StoredObject,
+)
+
+pytestmark = pytest.mark.anyio
+
+OK = Outcome(
+    status=OutcomeStatus.SUCCEEDED,
+    images=(ResultImage(url="https://cdn.example/a.png", expires_at=time.time() + 600),),
+    provider_task_id="p-1",
+    seed=7,
+)
+
+
+def new(**kw: object) -> NewTask:
+    base: dict[str, object] = {"provider": "simulated", "prompt": "a fox", "destination": "local"}
+    base.update(kw)
+    return NewTask(**base)  # type: ignore[arg-type]
+
+
+def obj(task_id: str, index: int = 0) -> StoredObject:
+    return StoredObject(
+        index=index,
+        uri=f"s3://b/{task_id}/{index}.png",
+        sidecar_uri=f"s3://b/{task_id}/{index}.png.json",
+        key=f"{task_id}/{index}.png",
+        sha256="ab" * 32,
+        bytes=10,
+        content_type="image/png",
+        width=1,
+        height=1,
+    )
+
+
+class LedgerContract:
+    async def test_create_and_get(self, ledger: Ledger) -> None:
+        task, created = await ledger.create_task(new(metadata={"user": "u1"}, params={"w": 64}))
+        assert created and task.status is Status.SUBMITTED
+        got = await ledger.get_task(task.id)
+        assert got is not None
+        assert got.metadata == {"user": "u1"} and got.params == {"w": 64}
+        assert await ledger.get_task("tsk_missing") is None
+        events = await ledger.events(task.id)
+        assert [e.status for e in events] == ["submitted"] and events[0].seq == 1
+
+    async def test_idempotency_key_returns_the_first_task(self, ledger: Ledger) -> None:
+        first, created = await ledger.create_task(new(), idempotency_key="k1")
+        again, created_again = await ledger.create_task(new(prompt="other"), idempotency_key="k1")
+        assert created and not created_again
+        assert again.id == first.id and again.prompt == "a fox"
+        _, third = await ledger.create_task(new(), idempotency_key="k2")
+        assert third
+
+    async def test_mark_submitted_and_find(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        marked = await ledger.mark_submitted(task.id, "prov-9", next_poll_at=123.0)
+        assert marked.provider_task_id == "prov-9" and marked.next_poll_at == 123.0
+        found = await ledger.find_task("simulated", "prov-9")
+        assert found is not None and found.id == task.id
+        assert await ledger.find_task("other", "prov-9") is None
+
+    async def test_success_enqueues_exactly_one_job_and_duplicates_change_nothing(
+        self, ledger: Ledger
+    ) -> None:
+        task, _ = await ledger.create_task(new())
+        deadline = time.time() + 600
+        first = await ledger.record_outcome(
+            task.id, OK, provider="simulated", delivery_key="d1", deadline=deadline
+        )
+        assert not first.duplicate and first.job_enqueued
+        assert first.task is not None and first.task.status is Status.COMPLETED
+        dup = await ledger.record_outcome(
+            task.id, OK, provider="simulated", delivery_key="d1", deadline=deadline
+        )
+        assert dup.duplicate and not dup.job_enqueued
+        other_key = await ledger.record_outcome(
+            task.id, OK, provider="simulated", delivery_key="d2", deadline=deadline
+        )
+        assert not other_key.duplicate and not other_key.job_enqueued
+        jobs = await ledger.claim_jobs("w1", 10, 30)
+        assert len(jobs) == 1 and jobs[0].task_id == task.id and jobs[0].attempts == 1
+        assert jobs[0].deadline == pytest.approx(deadline)
+        stored = await ledger.get_task(task.id)
+        assert stored is not None and stored.outcome is not None
+        assert stored.outcome.seed == 7 and stored.outcome.images[0].url == OK.images[0].url
+
+    async def test_concurrent_duplicate_deliveries_enqueue_once(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        results = await asyncio.gather(
+            *(
+                ledger.record_outcome(
+                    task.id, OK, provider="simulated", delivery_key=f"k{i % 3}", deadline=None
+                )
+                for i in range(12)
+            )
+        )
+        assert sum(r.job_enqueued for r in results) == 1
+        assert sum(not r.duplicate for r in results) == 3
+        assert len(await ledger.claim_jobs("w", 50, 30)) == 1
+
+    async def test_failure_and_moderation(self, ledger: Ledger) -> None:
+        a, _ = await ledger.create_task(new(notify_url="https://app.example/hook"))
+        b, _ = await ledger.create_task(new())
+        res = await ledger.record_outcome(
+            a.id,
+            Outcome(status=OutcomeStatus.MODERATED, error_message="flagged"),
+            provider="simulated",
+            delivery_key=None,
+            deadline=None,
+        )
+        assert res.task is not None and res.task.status is Status.FAILED
+        assert res.task.failure_reason == "moderated" and res.task.failure_message == "flagged"
+        res = await ledger.record_outcome(
+            b.id,
+            Outcome(status=OutcomeStatus.FAILED, error_code="E1"),
+            provider="simulated",
+            delivery_key=None,
+            deadline=None,
+        )
+        assert res.task is not None and res.task.failure_reason == "provider_error"
+        notes = await ledger.claim_notifications("n", 10, 30)
+        assert [(n.task_id, n.event) for n in notes] == [(a.id, "task.failed")]
+        assert await ledger.claim_jobs("w", 10, 30) == []
+
+    async def test_pending_outcome_changes_nothing(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        res = await ledger.record_outcome(
+            task.id,
+            Outcome(status=OutcomeStatus.PENDING),
+            provider="simulated",
+            delivery_key="p",
+            deadline=None,
+        )
+        assert res.task is not None and res.task.status is Status.SUBMITTED
+        assert not res.job_enqueued
+
+    async def test_finish_job_archives_and_notifies(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new(notify_url="https://app.example/hook"))
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        (job,) = await ledger.claim_jobs("w1", 5, 30)
+        assert await ledger.finish_job(job.id, "intruder", [obj(task.id)]) is None
+        done = await ledger.finish_job(job.id, "w1", [obj(task.id)])
+        assert done is not None and done.status is Status.ARCHIVED
+        assert done.objects[0].uri == obj(task.id).uri and done.archived_at
+        assert [e.status for e in await ledger.events(task.id)] == [
+            "submitted",
+            "completed",
+            "archived",
+        ]
+        assert [e.seq for e in await ledger.events(task.id, after_seq=1)] == [2, 3]
+        (note,) = await ledger.claim_notifications("n1", 10, 30)
+        assert note.event == "task.archived" and note.url == "https://app.example/hook"
+        assert await ledger.claim_notifications("n2", 10, 30) == []
+        await ledger.finish_notification(note.id, "n1")
+        again = await ledger.redeliver(task.id)
+        assert again is not None and again.id != note.id and again.event == "task.archived"
+
+    async def test_lease_runs_out_and_another_worker_takes_the_job(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        (job,) = await ledger.claim_jobs("w1", 5, 0.2)
+        assert await ledger.claim_jobs("w2", 5, 30) == []
+        await asyncio.sleep(0.3)
+        (taken,) = await ledger.claim_jobs("w2", 5, 30)
+        assert taken.id == job.id and taken.attempts == 2 and taken.lease_owner == "w2"
+        assert not await ledger.extend_lease(job.id, "w1", 30)
+        assert await ledger.extend_lease(job.id, "w2", 30)
+        assert await ledger.finish_job(job.id, "w1", [obj(task.id)]) is None
+        assert await ledger.finish_job(job.id, "w2", [obj(task.id)]) is not None
+
+    async def test_retry_then_dead(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        (job,) = await ledger.claim_jobs("w", 5, 30)
+        await ledger.retry_job(job.id, "w", "boom", 0.2)
+        assert await ledger.claim_jobs("w", 5, 30) == []
+        depth, _ = await ledger.queue_stats()
+        assert depth == 1
+        await asyncio.sleep(0.25)
+        (again,) = await ledger.claim_jobs("w", 5, 30)
+        assert again.attempts == 2
+        failed = await ledger.fail_job(again.id, "w", Reason.FETCH_FAILED, "gone")
+        assert failed is not None and failed.status is Status.FAILED
+        assert failed.failure_reason == "fetch_failed"
+        assert await ledger.queue_stats() == (0, 0.0)
+
+    async def test_release_gives_jobs_back_without_counting(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        await ledger.claim_jobs("w", 5, 300)
+        assert await ledger.release_jobs("w") == 1
+        (job,) = await ledger.claim_jobs("w2", 5, 30)
+        assert job.attempts == 1
+
+    async def test_concurrent_claims_never_share_a_job(self, ledger: Ledger) -> None:
+        for _ in range(20):
+            task, _ = await ledger.create_task(new())
+            await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        batches = await asyncio.gather(*(ledger.claim_jobs(f"w{i}", 3, 30) for i in range(10)))
+        ids = [job.id for batch in batches for job in batch]
+        assert len(ids) == len(set(ids)) == 20
+
+    async def test_fail_task_leaves_final_tasks_alone(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        failed = await ledger.fail_task(task.id, Reason.PROVIDER_ERROR, "rejected")
+        assert failed is not None and failed.status is Status.FAILED
+        again = await ledger.fail_task(task.id, Reason.EXPIRED, "late")
+        assert again is not None and again.failure_reason == "provider_error"
+
+    async def test_requeue_replays_a_failed_task(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        (job,) = await ledger.claim_jobs("w", 5, 30)
+        await ledger.fail_job(job.id, "w", Reason.EXPIRED, "late")
+        replayed = await ledger.requeue_task(task.id, OK, None)
+        assert replayed.status is Status.COMPLETED and replayed.failure_reason is None
+        (job2,) = await ledger.claim_jobs("w", 5, 30)
+        assert job2.id != job.id
+
+    async def test_inline_images_are_kept(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        inline = Outcome(
+            status=OutcomeStatus.SUCCEEDED,
+            images=(ResultImage(inline=b"\x89PNG\r\n\x1a\nrest", content_type="image/png"),),
+        )
+        await ledger.record_outcome(task.id, inline, provider="s", delivery_key=None, deadline=None)
+        assert await ledger.inline_image(task.id, 0) == b"\x89PNG\r\n\x1a\nrest"
+        assert await ledger.inline_image(task.id, 1) is None
+
+    async def test_success_without_images_fails(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        res = await ledger.record_outcome(
+            task.id,
+            Outcome(status=OutcomeStatus.SUCCEEDED),
+            provider="s",
+            delivery_key=None,
+            deadline=None,
+        )
+        assert res.task is not None and res.task.status is Status.FAILED
+
+    async def test_list_tasks_pages_newest_first(self, ledger: Ledger) -> None:
+        ids = []
+        for i in range(5):
+            task, _ = await ledger.create_task(new(provider="a" if i % 2 else "b"))
+            ids.append(task.id)
+            await asyncio.sleep(0.002)
+        page, cursor = await ledger.list_tasks(limit=2)
+        assert [t.id for t in page] == ids[::-1][:2] and cursor
+        page2, cursor2 = await ledger.list_tasks(limit=2, cursor=cursor)
+        assert [t.id for t in page2] == ids[::-1][2:4]
+        page3, cursor3 = await ledger.list_tasks(limit=2, cursor=cursor2)
+        assert [t.id for t in page3] == ids[:1] and cursor3 is None
+        only_a, _ = await ledger.list_tasks(provider="a")
+        assert {t.id for t in only_a} == {ids[1], ids[3]}
+        failed, _ = await ledger.list_tasks(status=Status.FAILED)
+        assert failed == []
+
+    async def test_polling_schedule(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.mark_submitted(task.id, "p", next_poll_at=time.time() - 1)
+        due = await ledger.tasks_to_poll(10)
+        assert [t.id for t in due] == [task.id]
+        await ledger.schedule_poll(task.id, time.time() + 60)
+        assert await ledger.tasks_to_poll(10) == []
+        got = await ledger.get_task(task.id)
+        assert got is not None and got.poll_attempts == 1
+
+    async def test_notification_retry_and_give_up(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new(notify_url="https://app.example/h"))
+        await ledger.fail_task(task.id, Reason.PROVIDER_ERROR, "x")
+        (note,) = await ledger.claim_notifications("n", 5, 30)
+        await ledger.retry_notification(note.id, "n", "500", 0, give_up=False)
+        (again,) = await ledger.claim_notifications("n", 5, 30)
+        assert again.id == note.id and again.attempts == 2
+        await ledger.retry_notification(note.id, "n", "500", 0, give_up=True)
+        assert await ledger.claim_notifications("n", 5, 30) == []
+
+    async def test_purge_deliveries_forgets_old_keys(self, ledger: Ledger) -> None:
+        task, _ = await ledger.create_task(new())
+        pending = Outcome(status=OutcomeStatus.PENDING)
+        await ledger.record_outcome(task.id, pending, provider="s", delivery_key="old", deadline=None)
+        assert await ledger.purge_deliveries(time.time() - 3600) == 0
+        assert await ledger.purge_deliveries(time.time() + 1) == 1
+        res = await ledger.record_outcome(
+            task.id, pending, provider="s", delivery_key="old", deadline=None
+        )
+        assert not res.duplicate
+
+    async def test_listeners_hear_jobs_and_task_changes(self, ledger: Ledger) -> None:
+        heard: list[str] = []
+        await ledger.listen(heard.append)
+        task, _ = await ledger.create_task(new())
+        await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        for _ in range(100):
+            if "jobs" in heard and f"task:{task.id}" in heard:
+                break
+            await asyncio.sleep(0.02)
+        assert "jobs" in heard and f"task:{task.id}" in heard
+
+    async def test_ping(self, ledger: Ledger) -> None:
+        await ledger.ping()
