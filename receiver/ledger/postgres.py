@@ -57,6 +57,10 @@ class PostgresLedger(SqlLedger):
 
     async def open(self) -> None:
         def fn() -> None:
+            # A direct connection first: a refused or unknown server fails at once and
+            # clearly, where the pool would wait out its timeout.
+            with psycopg.connect(self.url, connect_timeout=5, row_factory=dict_row) as conn:
+                self._migrate(conn)
             pool: ConnectionPool[Any] = ConnectionPool(
                 self.url,
                 min_size=1,
@@ -66,12 +70,6 @@ class PostgresLedger(SqlLedger):
                 open=False,
             )
             pool.open(wait=True, timeout=10.0)
-            try:
-                with pool.connection() as conn:
-                    self._migrate(conn)
-            except BaseException:
-                pool.close()
-                raise
             self._pool = pool
 
         if self._pool is None:

@@ -41,7 +41,7 @@ def load_queries(dialect: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     name: str | None = None
     lines: list[str] = []
-    for line in text.splitlines() + ["-- name: _end"]:
+    for line in [*text.splitlines(), "-- name: _end"]:
         match = re.match(r"--\s*name:\s*(\w+)", line)
         if match:
             if name is not None:
@@ -307,7 +307,9 @@ class SqlLedger(Ledger):
     ) -> RecordResult:
         def fn(tx: Tx) -> RecordResult:
             if delivery_key is not None:
-                fresh = tx.one("insert_delivery", provider=provider, key=delivery_key, task_id=task_id)
+                fresh = tx.one(
+                    "insert_delivery", provider=provider, key=delivery_key, task_id=task_id
+                )
                 if fresh is None:
                     return RecordResult(duplicate=True, task=self._get(tx, task_id))
             task = self._get(tx, task_id)
@@ -315,7 +317,11 @@ class SqlLedger(Ledger):
                 return RecordResult(duplicate=False, task=task)
             if outcome.status is OutcomeStatus.SUCCEEDED and not outcome.images:
                 failed = self._fail(
-                    tx, task_id, Reason.PROVIDER_ERROR, "the provider reported success without images", outcome
+                    tx,
+                    task_id,
+                    Reason.PROVIDER_ERROR,
+                    "the provider reported success without images",
+                    outcome,
                 )
                 return RecordResult(duplicate=False, task=failed or task)
             if outcome.status is OutcomeStatus.SUCCEEDED:
@@ -334,7 +340,9 @@ class SqlLedger(Ledger):
                 self._enqueue(tx, task_id, deadline)
                 return RecordResult(duplicate=False, task=_task(row), job_enqueued=True)
             reason = (
-                Reason.MODERATED if outcome.status is OutcomeStatus.MODERATED else Reason.PROVIDER_ERROR
+                Reason.MODERATED
+                if outcome.status is OutcomeStatus.MODERATED
+                else Reason.PROVIDER_ERROR
             )
             message = outcome.error_message or outcome.error_code or reason.value
             failed = self._fail(tx, task_id, reason, message, outcome)
@@ -371,7 +379,10 @@ class SqlLedger(Ledger):
 
     async def extend_lease(self, job_id: int, owner: str, lease_seconds: float) -> bool:
         def fn(tx: Tx) -> bool:
-            return tx.one("extend_lease", id=job_id, owner=owner, until=tx.now + lease_seconds) is not None
+            return (
+                tx.one("extend_lease", id=job_id, owner=owner, until=tx.now + lease_seconds)
+                is not None
+            )
 
         return await self._tx(fn)
 
@@ -381,9 +392,7 @@ class SqlLedger(Ledger):
             if ended is None:
                 return None
             task_id = ended["task_id"]
-            row = tx.one(
-                "archive_task", id=task_id, objects=_dumps([o.to_json() for o in objects])
-            )
+            row = tx.one("archive_task", id=task_id, objects=_dumps([o.to_json() for o in objects]))
             if row is None:
                 return self._get(tx, task_id)
             self._event(tx, task_id, "archived", {"objects": [o.uri for o in objects]})
@@ -404,7 +413,9 @@ class SqlLedger(Ledger):
             ended = tx.one("end_job", id=job_id, owner=owner, state="dead", error=message)
             if ended is None:
                 return None
-            return self._fail(tx, ended["task_id"], reason, message) or self._get(tx, ended["task_id"])
+            return self._fail(tx, ended["task_id"], reason, message) or self._get(
+                tx, ended["task_id"]
+            )
 
         return await self._tx(fn)
 

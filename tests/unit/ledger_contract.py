@@ -295,7 +295,9 @@ class LedgerContract:
     async def test_purge_deliveries_forgets_old_keys(self, ledger: Ledger) -> None:
         task, _ = await ledger.create_task(new())
         pending = Outcome(status=OutcomeStatus.PENDING)
-        await ledger.record_outcome(task.id, pending, provider="s", delivery_key="old", deadline=None)
+        await ledger.record_outcome(
+            task.id, pending, provider="s", delivery_key="old", deadline=None
+        )
         assert await ledger.purge_deliveries(time.time() - 3600) == 0
         assert await ledger.purge_deliveries(time.time() + 1) == 1
         res = await ledger.record_outcome(

@@ -1,0 +1,223 @@
+"""S3 and S3-compatible stores through boto3, in a bounded pool of threads.
+
+Create-only writes use ``If-None-Match: *`` on PutObject and on CompleteMultipartUpload
+(boto3's managed transfer cannot send it); a store that refuses conditions can be switched to
+head-then-put with ``conditional_writes = false``. On non-AWS endpoints the CRC32 checksums
+boto3 sends by default are turned off unless asked for, since many stores reject them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar
+
+import anyio
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..config import S3Destination
+from ..errors import AlreadyExists, StoreError
+from .base import Destination
+
+T = TypeVar("T")
+PERMANENT_CODES = {
+    "AccessDenied",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+    "NotImplemented",
+    "InvalidStorageClass",
+}
+EXISTS_CODES = {"PreconditionFailed", "412"}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store(Destination):
+    type = "s3"
+
+    def __init__(self, name: str, settings: S3Destination) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix.strip("/")
+        checksum = settings.checksum
+        if checksum == "auto":
+            checksum = "when_required" if settings.endpoint_url else "when_supported"
+        config = Config(
+            region_name=settings.region,
+            max_pool_connections=settings.max_threads,
+            retries={"mode": "standard", "max_attempts": 3},
+            request_checksum_calculation=checksum,
+            response_checksum_validation=checksum,
+            s3={"addressing_style": settings.addressing_style},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        # One client made up front and shared by the threads (creating clients in threads is
+        # not thread-safe).
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            config=config,
+        )
+        self._limiter = anyio.CapacityLimiter(settings.max_threads)
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
+
+    async def _call(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        except ClientError as exc:
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in EXISTS_CODES or status == 412:
+                raise AlreadyExists(f"{what}: already exists") from None
+            message = exc.response.get("Error", {}).get("Message") or code
+            permanent = code in PERMANENT_CODES or (
+                isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+            )
+            raise StoreError(f"{what}: {code or status}: {message}", permanent=permanent) from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"{what}: {exc}") from exc
+
+    async def put(
+        self,
+        key: str,
+        body: BinaryIO | bytes,
+        *,
+        size: int,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        full = self.full_key(key)
+        extra: dict[str, Any] = {"ContentType": content_type, "Metadata": metadata or {}}
+        if self.settings.storage_class:
+            extra["StorageClass"] = self.settings.storage_class
+        if self.settings.conditional_writes:
+            extra["IfNoneMatch"] = "*"
+        elif await self.exists(key):
+            raise AlreadyExists(f"{self.uri(key)}: already exists")
+        stream: BinaryIO = io.BytesIO(body) if isinstance(body, bytes) else body
+        if size > self.settings.multipart_threshold:
+            await self._multipart(full, stream, extra)
+        else:
+            data = stream.read()
+            await self._call(
+                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra),
+                f"put {self.uri(key)}",
+            )
+        return self.uri(key)
+
+    async def _multipart(self, full: str, stream: BinaryIO, extra: dict[str, Any]) -> None:
+        condition = extra.pop("IfNoneMatch", None)
+        what = f"multipart put s3://{self.bucket}/{full}"
+        upload = await self._call(
+            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra),
+            what,
+        )
+        upload_id = upload["UploadId"]
+        parts = []
+        try:
+            number = 1
+            while True:
+                chunk = stream.read(self.settings.part_size)
+                if not chunk:
+                    break
+                result = await self._call(
+                    functools.partial(
+                        self.client.upload_part,
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    ),
+                    what,
+                )
+                parts.append({"PartNumber": number, "ETag": result["ETag"]})
+                number += 1
+            done: dict[str, Any] = {"MultipartUpload": {"Parts": parts}}
+            if condition:
+                done["IfNoneMatch"] = condition
+            await self._call(
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, **done
+                ),
+                what,
+            )
+        except BaseException:
+            try:
+                await self._call(
+                    lambda: self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id
+                    ),
+                    what,
+                )
+            except StoreError:
+                pass  # a lifecycle rule cleans up what cannot be aborted now
+            raise
+
+    async def exists(self, key: str) -> bool:
+        full = self.full_key(key)
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+            return True
+
+        return await self._call(head, f"head {self.uri(key)}")
+
+    async def read(self, key: str) -> bytes:
+        full = self.full_key(key)
+
+        def get() -> bytes:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
+
+        return await self._call(get, f"get {self.uri(key)}")
+
+    async def presign(self, key: str, seconds: int) -> str | None:
+        full = self.full_key(key)
+        url: str = await self._call(
+            lambda: self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=seconds
+            ),
+            f"presign {key}",
+        )
+        return url
+
+    async def check(self) -> str:
+        probe = f".receiver-check/{os.getpid()}-{os.urandom(4).hex()}"
+        body = b"receiver check"
+        await self.put(probe, body, size=len(body), content_type="text/plain")
+        got = await self.read(probe)
+        if hashlib.sha256(got).digest() != hashlib.sha256(body).digest():
+            raise StoreError("the probe object read back different bytes", permanent=True)
+        full = self.full_key(probe)
+        await self._call(
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=full), "delete probe"
+        )
+        mode = "create-only writes" if self.settings.conditional_writes else "head-then-put"
+        return f"s3://{self.bucket}/{self.prefix} writable ({mode})"
+
+    async def close(self) -> None:
+        self.client.close()
