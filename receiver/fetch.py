@@ -54,7 +54,7 @@ def redact_url(url: str) -> str:
     except Exception:
         return "<unparseable URL>"
     shown = parsed.copy_with(query=None, fragment=None, username=None, password=None)
-    return str(shown) + ("?…" if parsed.query else "")
+    return str(shown)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
