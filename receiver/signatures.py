@@ -15,7 +15,8 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -132,6 +133,166 @@ def verify_standard(
         if any(hmac.compare_digest(expected, value) for value in offered):
             return msg_id
     raise SignatureError("signature does not match", cause="signature")
+
+
+# --- Mynth's older scheme ------------------------------------------------------------------------
+
+
+def mynth_sign(secret: str, timestamp: int, body: bytes) -> str:
+    """``X-Mynth-Signature`` value: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "{t}.{body}")>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify_mynth_legacy(
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    *,
+    tolerance: int = 300,
+    now: float | None = None,
+) -> str | None:
+    """Verify ``X-Mynth-Signature`` (several ``v1`` during rotation); return the delivery id."""
+    header = headers.get("x-mynth-signature")
+    if not header:
+        raise SignatureError("missing X-Mynth-Signature", cause="missing_header")
+    stamp: str | None = None
+    offered: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not value:
+            raise SignatureError("malformed X-Mynth-Signature", cause="malformed")
+        if key == "t":
+            stamp = value
+        elif key == "v1":
+            offered.append(value.lower())
+    if stamp is None or not offered:
+        raise SignatureError("X-Mynth-Signature lacks t= or v1=", cause="malformed")
+    ts = check_timestamp(stamp, tolerance, now)
+    for secret in secrets:
+        expected = mynth_sign(secret, ts, body).rsplit("v1=", 1)[1]
+        if any(hmac.compare_digest(expected, value) for value in offered):
+            return headers.get("x-mynth-delivery")
+    raise SignatureError("signature does not match", cause="signature")
+
+
+# --- Black Forest Labs --------------------------------------------------------------------------
+
+
+def bfl_sign(secret: str, body: bytes) -> str:
+    """``X-BFL-Signature`` value: ``sha256=<hex HMAC-SHA256(secret, raw body)>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_bfl(headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
+    """Both documented forms: an HMAC in ``X-BFL-Signature`` (checked first when present), or
+    the secret itself echoed in ``X-Webhook-Secret``. Neither carries a timestamp, so replay
+    protection is the delivery de-duplication."""
+    signature = headers.get("x-bfl-signature")
+    echoed = headers.get("x-webhook-secret")
+    if signature is not None:
+        scheme, sep, value = signature.strip().partition("=")
+        if scheme.lower() != "sha256" or not sep or not value:
+            raise SignatureError("malformed X-BFL-Signature", cause="malformed")
+        for secret in secrets:
+            if hmac.compare_digest(bfl_sign(secret, body), f"sha256={value.lower()}"):
+                return
+        raise SignatureError("signature does not match", cause="signature")
+    if echoed is not None:
+        if not echoed:
+            raise SignatureError("empty X-Webhook-Secret", cause="malformed")
+        for secret in secrets:
+            if hmac.compare_digest(secret.encode(), echoed.encode()):
+                return
+        raise SignatureError("webhook secret does not match", cause="signature")
+    raise SignatureError("missing X-BFL-Signature or X-Webhook-Secret", cause="missing_header")
+
+
+# --- fal: ED25519 against a JWKS ------------------------------------------------------------------
+
+
+def _fal_message(headers: Mapping[str, str], body: bytes) -> tuple[bytes, str]:
+    request_id = headers.get("x-fal-webhook-request-id")
+    user_id = headers.get("x-fal-webhook-user-id")
+    stamp = headers.get("x-fal-webhook-timestamp")
+    signature = headers.get("x-fal-webhook-signature")
+    if not request_id or not user_id or not stamp or not signature:
+        raise SignatureError("missing X-Fal-Webhook-* headers", cause="missing_header")
+    digest = hashlib.sha256(body).hexdigest()
+    return f"{request_id}\n{user_id}\n{stamp}\n{digest}".encode(), signature
+
+
+def fal_sign(private_key: Any, request_id: str, user_id: str, timestamp: int, body: bytes) -> str:
+    """Hex ED25519 signature as fal sends it (the simulator signs with this)."""
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}"
+    return str(private_key.sign(message.encode()).hex())
+
+
+def jwk_public_key(jwk: Mapping[str, Any]) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or "x" not in jwk:
+        raise ValueError("not an Ed25519 OKP key")
+    raw = base64.urlsafe_b64decode(str(jwk["x"]) + "=" * (-len(str(jwk["x"])) % 4))
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def public_jwk(public_key: Any, kid: str = "sim") -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig"}
+
+
+class JwksCache:
+    """fal's published keys, fetched through ``fetch_json`` and kept for ``ttl`` seconds; a
+    signature that matches no cached key triggers one refresh (key rotation)."""
+
+    def __init__(self, fetch_json: Callable[[], Awaitable[Any]], *, ttl: float = 3600.0) -> None:
+        self._fetch = fetch_json
+        self.ttl = ttl
+        self._keys: list[Any] = []
+        self._at = 0.0
+
+    async def keys(self, *, refresh: bool = False) -> list[Any]:
+        if refresh or not self._keys or time.monotonic() - self._at > self.ttl:
+            data = await self._fetch()
+            found = []
+            for jwk in (data or {}).get("keys", []) if isinstance(data, dict) else []:
+                try:
+                    found.append(jwk_public_key(jwk))
+                except (ValueError, TypeError):
+                    continue
+            self._keys, self._at = found, time.monotonic()
+        return self._keys
+
+
+async def verify_fal(
+    headers: Mapping[str, str],
+    body: bytes,
+    jwks: JwksCache,
+    *,
+    tolerance: int = 300,
+    now: float | None = None,
+) -> str:
+    """Verify fal's headers; return the request id (the delivery key's base)."""
+    from cryptography.exceptions import InvalidSignature
+
+    message, signature = _fal_message(headers, body)
+    check_timestamp(headers.get("x-fal-webhook-timestamp"), tolerance, now)
+    try:
+        raw = bytes.fromhex(signature)
+    except ValueError:
+        raise SignatureError("X-Fal-Webhook-Signature is not hex", cause="malformed") from None
+    for refresh in (False, True):
+        for key in await jwks.keys(refresh=refresh):
+            try:
+                key.verify(raw, message)
+            except InvalidSignature:
+                continue
+            return headers.get("x-fal-webhook-request-id") or ""
+    raise SignatureError("signature matches no published key", cause="signature")
 
 
 # --- public access tokens ------------------------------------------------------------------------
