@@ -20,3 +20,8 @@ ARCHIVED_OBJECTS = Counter("receiver_archived_objects_total", "Images archived",
 JOB_OUTCOMES = Counter("receiver_jobs_total", "Archive job attempts", ["outcome"])
 NOTIFICATIONS = Counter("receiver_notifications_total", "Notifications sent", ["outcome"])
 POLLS = Counter("receiver_polls_total", "Provider polls", ["provider", "outcome"])
+RESUBMISSIONS = Counter(
+    "receiver_resubmissions_total",
+    "Tasks submitted again after an interrupted submission",
+    ["provider"],
+)

@@ -21,6 +21,8 @@ log = logging.getLogger("receiver.reconciler")
 
 # Stop polling a task that is still pending after this long and fail it.
 GIVE_UP_SECONDS = 24 * 3600.0
+# A resubmission is not attempted again by another replica for this long.
+SUBMIT_RETRY_SECONDS = 90.0
 
 
 class Reconciler:
@@ -66,6 +68,9 @@ class Reconciler:
         except NotFound:
             await ledger.schedule_poll(task.id, None)
             return
+        if task.submitted_at is None and task.provider_task_id is None:
+            await self.resubmit(task)
+            return
         if not provider.can_poll or not task.provider_task_id:
             await ledger.schedule_poll(task.id, None)
             return
@@ -104,6 +109,21 @@ class Reconciler:
             outcome.status.value,
             extra={"task_id": task.id, "provider": task.provider},
         )
+
+    async def resubmit(self, task: Task) -> None:
+        """Submit a task whose submitter died between recording it and hearing back from the
+        provider. Losing the task is worse than the one extra provider charge this can cost
+        when the first POST had in fact arrived; it happens only after a crash."""
+        if not await self.rt.ledger.claim_submission(task.id, SUBMIT_RETRY_SECONDS):
+            return  # another replica took it
+        metrics.RESUBMISSIONS.labels(task.provider).inc()
+        log.warning(
+            "submitting again: the first submission was interrupted",
+            extra={"task_id": task.id, "provider": task.provider},
+        )
+        from .submit import submit
+
+        await submit(self.rt, task)
 
     def _next(self, task: Task) -> float:
         conf = self.rt.settings.provider(task.provider)

@@ -165,6 +165,12 @@ class Ledger(ABC):
         """Tasks still ``submitted`` whose ``next_poll_at`` has come."""
 
     @abstractmethod
+    async def claim_submission(self, task_id: str, lease_seconds: float) -> bool:
+        """Take over a task whose submitter died before recording the provider's answer (still
+        ``submitted``, never marked submitted, due). True for exactly one caller; the task is
+        then not due again for ``lease_seconds``."""
+
+    @abstractmethod
     async def schedule_poll(self, task_id: str, next_poll_at: float | None) -> None:
         """Set the next poll time and count the attempt (None: stop polling)."""
 

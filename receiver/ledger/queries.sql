@@ -4,9 +4,9 @@
 
 -- name: insert_task
 INSERT INTO tasks (id, provider, model, prompt, params, destination, metadata, notify_url,
-                   status, created_at, updated_at, idempotency_key)
+                   status, created_at, updated_at, idempotency_key, next_poll_at)
 VALUES (:id, :provider, :model, :prompt, :params, :destination, :metadata, :notify_url,
-        'submitted', :now, :now, :idempotency_key)
+        'submitted', :now, :now, :idempotency_key, :submit_by)
 ON CONFLICT DO NOTHING
 RETURNING id
 
@@ -23,7 +23,8 @@ ORDER BY created_at DESC LIMIT 1
 -- name: mark_submitted
 UPDATE tasks
 SET provider_task_id = COALESCE(:provider_task_id, provider_task_id), submitted_at = :now,
-    next_poll_at = CASE WHEN status = 'submitted' THEN :next_poll_at ELSE NULL END,
+    next_poll_at = CASE WHEN status = 'submitted'
+        THEN CAST(:next_poll_at AS DOUBLE PRECISION) ELSE NULL END,
     updated_at = :now
 WHERE id = :id
 RETURNING *
@@ -127,6 +128,12 @@ FROM jobs WHERE state IN ('queued', 'leased')
 SELECT * FROM tasks
 WHERE status = 'submitted' AND next_poll_at IS NOT NULL AND next_poll_at <= :now
 ORDER BY next_poll_at LIMIT :limit
+
+-- name: claim_submission
+UPDATE tasks SET next_poll_at = :until, updated_at = :now
+WHERE id = :id AND status = 'submitted' AND submitted_at IS NULL
+  AND next_poll_at IS NOT NULL AND next_poll_at <= :now
+RETURNING id
 
 -- name: schedule_poll
 UPDATE tasks SET next_poll_at = :next_poll_at, poll_attempts = poll_attempts + 1,

@@ -33,6 +33,10 @@ from .base import Ledger, Listener
 
 T = TypeVar("T")
 Row = dict[str, Any]
+# A task not marked submitted this long after creation lost its submitter (a crash between
+# the ledger commit and the provider's answer): the reconciler then submits it again. Longer
+# than any provider request may take, so a live submitter is never doubled.
+SUBMIT_LEASE_SECONDS = 90.0
 
 
 def load_queries(dialect: str) -> dict[str, str]:
@@ -221,6 +225,7 @@ class SqlLedger(Ledger):
                 metadata=_dumps(new.metadata),
                 notify_url=new.notify_url,
                 idempotency_key=idempotency_key,
+                submit_by=tx.now + SUBMIT_LEASE_SECONDS,
             )
             if inserted is None:
                 row = tx.one("task_by_key", key=idempotency_key)
@@ -459,6 +464,12 @@ class SqlLedger(Ledger):
             return [_task(r) for r in tx.all("tasks_to_poll", limit=limit)]
 
         return await self._tx(fn, write=False)
+
+    async def claim_submission(self, task_id: str, lease_seconds: float) -> bool:
+        def fn(tx: Tx) -> bool:
+            return tx.one("claim_submission", id=task_id, until=tx.now + lease_seconds) is not None
+
+        return await self._tx(fn)
 
     async def schedule_poll(self, task_id: str, next_poll_at: float | None) -> None:
         await self._tx(lambda tx: tx.run("schedule_poll", id=task_id, next_poll_at=next_poll_at))

@@ -282,6 +282,22 @@ class LedgerContract:
         got = await ledger.get_task(task.id)
         assert got is not None and got.poll_attempts == 1
 
+    async def test_interrupted_submission_is_claimed_once(self, ledger: Ledger) -> None:
+        from receiver.ledger import sql
+
+        task, _ = await ledger.create_task(new())
+        assert task.next_poll_at is not None and task.submitted_at is None
+        assert task.next_poll_at >= task.created_at + sql.SUBMIT_LEASE_SECONDS - 1
+        assert not await ledger.claim_submission(task.id, 60)  # its submitter may be alive
+        assert await ledger.tasks_to_poll(10) == []
+        await ledger.schedule_poll(task.id, time.time() - 1)  # as if the lease ran out
+        assert [t.id for t in await ledger.tasks_to_poll(10)] == [task.id]
+        claims = await asyncio.gather(*(ledger.claim_submission(task.id, 60) for _ in range(5)))
+        assert claims.count(True) == 1
+        assert await ledger.tasks_to_poll(10) == []
+        done = await ledger.mark_submitted(task.id, "p", next_poll_at=None)
+        assert not await ledger.claim_submission(done.id, 60)
+
     async def test_notification_retry_and_give_up(self, ledger: Ledger) -> None:
         task, _ = await ledger.create_task(new(notify_url="https://app.example/h"))
         await ledger.fail_task(task.id, Reason.PROVIDER_ERROR, "x")
