@@ -1,0 +1,84 @@
+"""The README is part of the contract: every configuration key is documented, the first lines
+are the two commands, and the commands it shows exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from receiver.cli import parser
+from receiver.config import (
+    BunnyDestination,
+    FetchSettings,
+    FilesystemDestination,
+    NotifySettings,
+    ProviderSettings,
+    S3Destination,
+    ServerSettings,
+    Settings,
+    WorkerSettings,
+)
+
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def section(heading: str) -> str:
+    """The text under a ``### heading`` up to the next heading."""
+    match = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#)", README, re.M | re.S)
+    assert match, f"README has no section '### {heading}'"
+    return match.group(1)
+
+
+def documented(text: str) -> set[str]:
+    return set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M))
+
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("Top level", Settings),
+    ("`[notify]`", NotifySettings),
+    ("`[fetch]`", FetchSettings),
+    ("`[worker]`", WorkerSettings),
+    ("`[server]`", ServerSettings),
+    ("`[providers.<name>]`", ProviderSettings),
+    ("Destination type `filesystem`", FilesystemDestination),
+    ("Destination type `s3`", S3Destination),
+    ("Destination type `bunny`", BunnyDestination),
+]
+
+
+@pytest.mark.parametrize(("heading", "model"), SECTIONS, ids=[s[0] for s in SECTIONS])
+def test_every_configuration_key_is_documented(heading: str, model: type[BaseModel]) -> None:
+    keys = set(model.model_fields)
+    rows = documented(section(heading))
+    assert keys - rows == set(), f"undocumented keys under {heading}: {sorted(keys - rows)}"
+    assert rows - keys == set(), f"documented keys that do not exist: {sorted(rows - keys)}"
+
+
+def test_first_lines_are_the_two_commands() -> None:
+    lines = README.splitlines()
+    assert lines[0] == "```sh" and lines[3] == "```"
+    assert lines[1].endswith("receiver demo")
+    assert lines[2].endswith("pytest") and "'.[test]'" in lines[2]
+
+
+def test_ci_runs_the_readme_commands_word_for_word() -> None:
+    ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
+    assert "sed -n 2p README.md" in ci and "sed -n 3p README.md" in ci
+
+
+def test_commands_shown_exist() -> None:
+    commands = set(parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    shown = set(re.findall(r"^receiver ([a-z]+)", README, re.M))
+    assert shown and shown <= commands, shown - commands
+    for name in ("serve", "worker", "submit", "status", "tasks", "demo", "simulate", "check"):
+        assert name in commands
+
+
+def test_provider_table_lists_every_adapter() -> None:
+    from receiver.providers import REGISTRY
+
+    rows = set(re.findall(r"^\| `([a-z]+)` \| ", README.split("## Providers", 1)[1], re.M))
+    assert set(REGISTRY) <= rows
