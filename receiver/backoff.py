@@ -21,11 +21,11 @@ def testing_mode(on: bool = True) -> None:
 
 def delay(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    ceiling: float = min(cap, base * float(2 ** max(0, attempt - 1)))
     if _testing:
         # Retries scheduled through the ledger still need a gap, or a loop would spin.
-        return min(ceiling, 0.05)
-    return random.uniform(ceiling / 2, ceiling)
+        return float(min(ceiling, 0.05))
+    return float(random.uniform(ceiling / 2, ceiling))
 
 
 async def sleep(seconds: float) -> None:

@@ -20,7 +20,7 @@ def _line(ok: bool, what: str, detail: str) -> None:
 
 async def _attempt(what: str, coro: object) -> bool:
     try:
-        detail = await asyncio.wait_for(coro, TIMEOUT)  # type: ignore[arg-type]
+        detail: object = await asyncio.wait_for(coro, TIMEOUT)  # type: ignore[arg-type]
     except TimeoutError:
         _line(False, what, f"no answer within {TIMEOUT:.0f}s")
         return False
@@ -58,15 +58,16 @@ async def run_checks(settings: Settings) -> int:
             results.append(await _attempt(f"destination {name} ({conf.type})", store.check()))
         finally:
             await store.close()
-    for name, conf in settings.providers.items():
+    for name, provider_conf in settings.providers.items():
         if name not in REGISTRY:
             _line(False, f"provider {name}", "unknown provider")
             results.append(False)
-        elif not conf.api_key and name != "simulated":
+        elif not provider_conf.api_key and name != "simulated":
             _line(False, f"provider {name}", "api_key is missing")
             results.append(False)
         else:
-            _line(True, f"provider {name}", "api_key set" if conf.api_key else "no key needed")
+            has_key = provider_conf.api_key
+            _line(True, f"provider {name}", "api_key set" if has_key else "no key needed")
     if settings.notify.default_url and not settings.notify.secret:
         _line(False, "notify", "default_url is set but notify.secret (whsec_…) is missing")
         results.append(False)

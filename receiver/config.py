@@ -149,15 +149,17 @@ class ProviderSettings(BaseModel):
         return (self.model_extra or {}).get(key, default)
 
 
+def _default_destinations() -> dict[str, Destination]:
+    return {"local": FilesystemDestination(type="filesystem", path="archive")}
+
+
 class Settings(_Section):
     public_url: str = "http://127.0.0.1:8000"
     secret_keys: list[str] = Field(min_length=1)
     ledger_url: str = "sqlite:///receiver.db"
     api_keys: list[str] = Field(default_factory=list)
     default_destination: str = "local"
-    destinations: dict[str, Destination] = Field(
-        default_factory=lambda: {"local": FilesystemDestination(type="filesystem", path="archive")}
-    )
+    destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)

@@ -104,8 +104,8 @@ def spec() -> dict[str, Any]:
             }
         },
     }
-    bearer = [{"apiKey": []}]
-    task_read = [{"apiKey": []}, {"accessToken": []}]
+    bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
+    task_read: list[dict[str, list[str]]] = [{"apiKey": []}, {"accessToken": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "receiver", "version": __version__},

@@ -8,7 +8,7 @@ same task cannot overwrite a complete pair. boto3/httpx/OS errors become
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import BinaryIO, ClassVar
+from typing import IO, ClassVar
 
 
 class Destination(ABC):
@@ -21,7 +21,7 @@ class Destination(ABC):
     async def put(
         self,
         key: str,
-        body: BinaryIO | bytes,
+        body: IO[bytes] | bytes,
         *,
         size: int,
         content_type: str,

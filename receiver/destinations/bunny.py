@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO
+from typing import IO
 
 import httpx
 
@@ -71,7 +71,7 @@ class BunnyStore(Destination):
     async def put(
         self,
         key: str,
-        body: BinaryIO | bytes,
+        body: IO[bytes] | bytes,
         *,
         size: int,
         content_type: str,

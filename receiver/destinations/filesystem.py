@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import anyio
 
@@ -39,7 +39,7 @@ class FilesystemStore(Destination):
     async def put(
         self,
         key: str,
-        body: BinaryIO | bytes,
+        body: IO[bytes] | bytes,
         *,
         size: int,
         content_type: str,

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, TypeVar
 
 import anyio
 import boto3
@@ -99,7 +99,7 @@ class S3Store(Destination):
     async def put(
         self,
         key: str,
-        body: BinaryIO | bytes,
+        body: IO[bytes] | bytes,
         *,
         size: int,
         content_type: str,
@@ -113,7 +113,7 @@ class S3Store(Destination):
             extra["IfNoneMatch"] = "*"
         elif await self.exists(key):
             raise AlreadyExists(f"{self.uri(key)}: already exists")
-        stream: BinaryIO = io.BytesIO(body) if isinstance(body, bytes) else body
+        stream: IO[bytes] = io.BytesIO(body) if isinstance(body, bytes) else body
         if size > self.settings.multipart_threshold:
             await self._multipart(full, stream, extra)
         else:
@@ -124,7 +124,7 @@ class S3Store(Destination):
             )
         return self.uri(key)
 
-    async def _multipart(self, full: str, stream: BinaryIO, extra: dict[str, Any]) -> None:
+    async def _multipart(self, full: str, stream: IO[bytes], extra: dict[str, Any]) -> None:
         condition = extra.pop("IfNoneMatch", None)
         what = f"multipart put s3://{self.bucket}/{full}"
         upload = await self._call(

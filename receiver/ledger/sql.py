@@ -83,7 +83,8 @@ def migrations(dialect: str) -> list[tuple[int, list[str]]]:
 class Cursor(Protocol):
     """The part of a DB-API cursor the logic uses."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def execute(self, sql: str, params: Any = ...) -> Any: ...
     def fetchone(self) -> Any: ...
@@ -275,7 +276,8 @@ class SqlLedger(Ledger):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Task], str | None]:
-        where, params = [], {}
+        where: list[str] = []
+        params: dict[str, Any] = {}
         mark = "%({})s" if self.dialect == "postgres" else ":{}"
         for column, op, value in (
             ("status", "=", status.value if status else None),

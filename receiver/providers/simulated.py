@@ -84,7 +84,8 @@ class SimulatedProvider(Provider):
     def parse(self, data: Any) -> Outcome:
         if not isinstance(data, dict) or data.get("status") not in _STATUS:
             raise BadRequest("callback body lacks a known status")
-        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        raw_error = data.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
         images = tuple(
             ResultImage(url=str(img["url"]), expires_at=img.get("expires_at"))
             for img in data.get("images") or []

@@ -98,9 +98,8 @@ class Simulator:
         faults = dict(params.get("faults") or {}) if isinstance(params.get("faults"), dict) else {}
         faults.update(faults_from_prompt(str(params.get("prompt", ""))))
         task_id = f"{prefix}_{os.urandom(8).hex()}"
-        seed = (
-            params.get("seed") if isinstance(params.get("seed"), int) else random.randrange(2**31)
-        )
+        given = params.get("seed")
+        seed = given if isinstance(given, int) else random.randrange(2**31)
         task = SimTask(id=task_id, provider=provider, params=params, faults=dict(faults), seed=seed)
         self.tasks[task_id] = task
         return task
