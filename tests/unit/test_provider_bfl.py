@@ -1,0 +1,540 @@
+"""Issue 3: the BFL and Vtrix adapters without servers.
+
+Documented payloads (tests/fixtures/bfl, tests/fixtures/vtrix) parse into Outcomes; validation
+names the field; both BFL authentication forms verify and every tampering is refused; the
+wire requests are checked through httpx's MockTransport, and polling against the simulator
+app in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from receiver.config import ProviderSettings
+from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
+from receiver.models import OutcomeStatus, Status, Task
+from receiver.providers import CallbackTarget, build_provider
+from receiver.providers.bfl import BflProvider, delivery_key, parse_result, url_expiry
+from receiver.providers.vtrix import VtrixProvider, parse_any, parse_task
+from receiver.signatures import bfl_sign, task_secrets
+from receiver.simulator import Faults, build_simulator
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SECRETS = task_secrets(
+    ["unit-test-key-0123456789abcdef", "older-key-0123456789abcdef"], "t1", "hex"
+)
+SE_2026 = 1795169400.0  # 2026-11-20T10:10:00Z, the se= of the fixtures' sample URL
+
+
+def fixture(provider: str, name: str) -> Any:
+    return json.loads((FIXTURES / provider / f"{name}.json").read_text())
+
+
+def raw_fixture(provider: str, name: str) -> bytes:
+    return (FIXTURES / provider / f"{name}.json").read_bytes()
+
+
+def make(
+    cls: type[BflProvider] = BflProvider,
+    handler: Callable[[httpx.Request], httpx.Response] | None = None,
+    **settings: Any,
+) -> BflProvider:
+    transport = httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
+    conf = ProviderSettings(api_key="k-123", **settings)
+    return cls(conf, httpx.AsyncClient(transport=transport))
+
+
+def task(provider: str = "bfl", model: str | None = "flux-2-pro", **params: Any) -> Task:
+    now = time.time()
+    return Task(
+        id="t1",
+        provider=provider,
+        model=model,
+        prompt="a lighthouse",
+        params=params,
+        destination="local",
+        metadata={},
+        notify_url=None,
+        status=Status.SUBMITTED,
+        created_at=now,
+        updated_at=now,
+        provider_task_id="bfl_abc",
+    )
+
+
+TARGET = CallbackTarget(url="https://receiver.test/v1/hooks/bfl/tok", secret=SECRETS[0])
+
+
+# --- documented payloads ------------------------------------------------------------------------
+
+
+def test_registry_builds_both() -> None:
+    http = httpx.AsyncClient()
+    assert isinstance(build_provider("bfl", ProviderSettings(), http), BflProvider)
+    assert isinstance(build_provider("vtrix", ProviderSettings(), http), VtrixProvider)
+
+
+def test_bfl_ready_webhook() -> None:
+    outcome = parse_result(fixture("bfl", "webhook_ready"))
+    assert outcome.status is OutcomeStatus.SUCCEEDED
+    assert outcome.provider_task_id == "3f2a9c1e-7b4d-4e8a-9c21-5d6e7f809a1b"
+    assert outcome.seed == 1847261
+    [image] = outcome.images
+    assert image.url is not None and image.url.startswith("https://delivery-us1.bfl.ai/")
+    assert image.expires_at == SE_2026
+
+
+def test_bfl_get_result_ready_and_pending() -> None:
+    ready = parse_result(fixture("bfl", "get_result_ready"))
+    assert ready.status is OutcomeStatus.SUCCEEDED and ready.seed == 1847261
+    assert ready.images[0].expires_at == SE_2026
+    pending = parse_result(fixture("bfl", "get_result_pending"))
+    assert pending.status is OutcomeStatus.PENDING and not pending.final
+
+
+def test_bfl_error_webhook() -> None:
+    outcome = parse_result(fixture("bfl", "webhook_error"))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.error_code == "error"
+    assert outcome.error_message is not None
+    assert "please retry" in outcome.error_message
+    assert "Internal Server Error" in outcome.error_message
+
+
+def test_bfl_moderated_statuses() -> None:
+    content = parse_result(fixture("bfl", "webhook_content_moderated"))
+    assert content.status is OutcomeStatus.MODERATED
+    assert content.error_code == "content_moderated"
+    assert content.error_message is not None
+    assert "flagged by the moderation filter" in content.error_message
+    request = parse_result(fixture("bfl", "get_result_request_moderated"))
+    assert request.status is OutcomeStatus.MODERATED
+    assert request.error_code == "request_moderated"
+    assert "Derivative Works Filter" in (request.error_message or "")
+
+
+def test_bfl_task_not_found_is_final() -> None:
+    outcome = parse_result(fixture("bfl", "get_result_task_not_found"))
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.error_code == "task_not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "x"},
+        {"id": "x", "status": "Exploded"},
+        ["Ready"],
+        {"id": "x", "status": 3},
+    ],
+)
+def test_bfl_unreadable_results_are_bad_requests(body: Any) -> None:
+    with pytest.raises(BadRequest):
+        parse_result(body)
+
+
+def test_bfl_ready_without_sample_is_a_failure_not_a_success() -> None:
+    outcome = parse_result({"id": "x", "status": "Ready", "result": {"seed": 1}})
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error_code == "no_output"
+
+
+def test_vtrix_documented_shapes() -> None:
+    done = parse_task(fixture("vtrix", "task_completed"))
+    assert done.status is OutcomeStatus.SUCCEEDED
+    assert done.cost == "0.0700"
+    assert done.model == "flux_2_max"
+    assert [i.url for i in done.images] == [
+        "https://cdn.vtrix.ai/outputs/vtx_task_7c21e0d94b/output.jpeg"
+    ]
+    assert parse_task(fixture("vtrix", "task_processing")).status is OutcomeStatus.PENDING
+    failed = parse_task(fixture("vtrix", "task_failed"))
+    assert failed.status is OutcomeStatus.FAILED
+    assert failed.error_code == "generation_failed"
+    assert failed.error_message == "Upstream generation failed, please try again"
+    moderated = parse_task(fixture("vtrix", "task_moderated"))
+    assert moderated.status is OutcomeStatus.MODERATED
+    assert moderated.error_message == "Your request was rejected by the safety system"
+
+
+def test_vtrix_callbacks_accept_either_shape() -> None:
+    assert parse_any(fixture("bfl", "webhook_ready")).seed == 1847261
+    assert parse_any(fixture("vtrix", "task_completed")).cost == "0.0700"
+    wrapped = {"code": 200, "data": fixture("vtrix", "task_failed")}
+    provider = make(VtrixProvider)
+    cb = provider.parse_callback({}, json.dumps(wrapped).encode())
+    assert cb.outcome.status is OutcomeStatus.FAILED
+    assert cb.provider_task_id == "vtx_task_1a2b3c4d5e"
+
+
+def test_url_expiry_forms() -> None:
+    assert url_expiry("https://d.test/s.jpeg?se=2026-11-20T10%3A10%3A00Z&sig=x") == SE_2026
+    assert url_expiry("https://d.test/s.png?expires=1795169400&sig=x") == SE_2026
+    assert url_expiry("https://d.test/s.png?se=garbage") is None
+    assert url_expiry("https://d.test/s.png") is None
+
+
+def test_delivery_key_is_stable_and_names_id_and_status() -> None:
+    body = raw_fixture("bfl", "webhook_ready")
+    cb = make().parse_callback({}, body)
+    assert cb.delivery_key.startswith("3f2a9c1e-7b4d-4e8a-9c21-5d6e7f809a1b:Ready:")
+    assert cb.delivery_key == make().parse_callback({}, body).delivery_key
+    changed = body.replace(b"1795169100", b"1795169101")
+    assert delivery_key(json.loads(changed), changed) != cb.delivery_key
+
+
+def test_callback_body_not_json_is_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        make().parse_callback({}, b"{not json")
+
+
+# --- validation --------------------------------------------------------------------------------
+
+INVALID_BFL = [
+    ("flux-2-pro", {"width": 63}, "params.width"),
+    ("flux-2-pro", {"width": 1000}, "params.width"),  # not a multiple of 16
+    ("flux-2-pro", {"height": 4096, "width": 2048}, "params.width"),  # over 4 MP
+    ("flux-2-pro", {"height": "512"}, "params.height"),
+    ("flux-2-max", {"safety_tolerance": 6}, "params.safety_tolerance"),
+    ("flux-2-max", {"safety_tolerance": -1}, "params.safety_tolerance"),
+    ("flux-2-max", {"output_format": "gif"}, "params.output_format"),
+    ("flux-2-max", {"seed": -3}, "params.seed"),
+    ("flux-2-max", {"seed": True}, "params.seed"),
+    ("flux-2-max", {"prompt_upsampling": "yes"}, "params.prompt_upsampling"),
+    ("flux-2-pro", {"input_image_9": "https://x.test/9.png"}, "params.input_image_9"),
+    ("flux-2-pro", {"input_image_1": "https://x.test/1.png"}, "params.input_image_1"),
+    ("flux-2-pro", {"input_image": 5}, "params.input_image"),
+    ("flux-2-pro", {"guidance": 3.0}, "params.guidance"),  # flex only
+    ("flux-2-pro", {"steps": 20}, "params.steps"),  # flex only
+    ("flux-2-pro", {"aspect_ratio": "1:1"}, "params.aspect_ratio"),  # kontext only
+    ("flux-2-flex", {"steps": 0}, "params.steps"),
+    ("flux-2-flex", {"steps": 51}, "params.steps"),
+    ("flux-2-flex", {"guidance": 11}, "params.guidance"),
+    ("flux-kontext-pro", {"input_image_5": "https://x.test/5.png"}, "params.input_image_5"),
+    ("flux-kontext-pro", {"aspect_ratio": "3:1"}, "params.aspect_ratio"),
+    ("flux-kontext-pro", {"aspect_ratio": "wide"}, "params.aspect_ratio"),
+    ("flux-kontext-pro", {"aspect_ratio": "0:9"}, "params.aspect_ratio"),
+    ("flux-kontext-max", {"safety_tolerance": 7}, "params.safety_tolerance"),
+    ("flux-kontext-max", {"output_format": "webp"}, "params.output_format"),
+    ("flux-kontext-max", {"width": 1024}, "params.width"),
+    ("flux-2-pro", {"webhook_url": "https://elsewhere.test"}, "params.webhook_url"),
+    ("flux-2-pro", {"negative_prompt": "blur"}, "params.negative_prompt"),
+    ("flux-3-ultra", {}, "model"),
+]
+
+
+@pytest.mark.parametrize(("model", "params", "field"), INVALID_BFL)
+def test_bfl_validation_names_the_field(model: str, params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        make().validate(model, "a cat", params)
+    assert caught.value.field == field
+    assert caught.value.status == 422
+
+
+def test_bfl_prompt_limits() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        make().validate("flux-2-pro", "x" * 128_001, {})
+    assert caught.value.field == "prompt"
+    with pytest.raises(ValidationFailed):
+        make().validate("flux-2-pro", "   ", {})
+    make().validate("flux-2-pro", "x" * 128_000, {})
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("flux-2-pro", {}),
+        (None, {"seed": 0, "width": 2048, "height": 2048, "output_format": "webp"}),
+        ("flux-2-max", {f"input_image_{i}": "https://x.test/i.png" for i in range(2, 9)}),
+        (
+            "flux-2-max",
+            {"input_image": "aGVsbG8=", "safety_tolerance": 5, "prompt_upsampling": True},
+        ),
+        ("flux-2-flex", {"guidance": 4.5, "steps": 50, "width": 64, "height": 64}),
+        ("flux-kontext-pro", {"aspect_ratio": "21:9", "input_image_4": "https://x.test/4.png"}),
+        ("flux-kontext-max", {"aspect_ratio": "9:21", "safety_tolerance": 6, "seed": None}),
+    ],
+)
+def test_bfl_valid_requests_pass(model: str | None, params: dict[str, Any]) -> None:
+    make().validate(model, "a cat", params)
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "field"),
+    [
+        ("flux_2_max", {"output_format": "webp"}, "params.output_format"),  # jpeg/png at Vtrix
+        ("flux_2_max", {"safety_tolerance": 6}, "params.safety_tolerance"),
+        ("flux_2_max", {"width": 32}, "params.width"),
+        ("flux_2_max", {"input_image_9": "https://x.test/9.png"}, "params.input_image_9"),
+        ("flux_2_max", {"steps": 4}, "params.steps"),
+        ("flux_kontext_pro", {"aspect_ratio": "22:9"}, "params.aspect_ratio"),
+        ("flux_3", {}, "model"),
+    ],
+)
+def test_vtrix_validation_names_the_field(model: str, params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        make(VtrixProvider).validate(model, "a cat", params)
+    assert caught.value.field == field
+
+
+def test_vtrix_accepts_bfl_spelling_of_models() -> None:
+    make(VtrixProvider).validate("flux-2-max", "a cat", {"seed": 1})
+    make(VtrixProvider).validate(None, "a cat", {"output_format": "png"})
+
+
+# --- verification ------------------------------------------------------------------------------
+
+BODY = raw_fixture("bfl", "webhook_ready")
+
+
+def _refused(provider: BflProvider, headers: dict[str, str], body: bytes = BODY) -> str:
+    with pytest.raises(SignatureError) as caught:
+        asyncio.run(provider.verify_callback(headers, body, SECRETS))
+    return caught.value.cause
+
+
+@pytest.mark.parametrize("cls", [BflProvider, VtrixProvider])
+def test_valid_signatures_pass(cls: type[BflProvider]) -> None:
+    provider = make(cls)
+    for secret in SECRETS:  # the current key's secret and the rotated-out one
+        asyncio.run(
+            provider.verify_callback({"x-bfl-signature": bfl_sign(secret, BODY)}, BODY, SECRETS)
+        )
+        asyncio.run(provider.verify_callback({"x-webhook-secret": secret}, BODY, SECRETS))
+    upper = "sha256=" + bfl_sign(SECRETS[0], BODY).split("=", 1)[1].upper()
+    asyncio.run(provider.verify_callback({"x-bfl-signature": upper}, BODY, SECRETS))
+
+
+@pytest.mark.parametrize("cls", [BflProvider, VtrixProvider])
+def test_tampering_is_refused(cls: type[BflProvider]) -> None:
+    provider = make(cls)
+    good = bfl_sign(SECRETS[0], BODY)
+    # one changed byte in the body
+    flipped = bytearray(BODY)
+    flipped[BODY.index(b"1847261")] = ord("2")
+    assert _refused(provider, {"x-bfl-signature": good}, bytes(flipped)) == "signature"
+    # a signature made with another secret, and an echo of another secret
+    wrong = task_secrets(["someone-else-key-0123456789"], "t1", "hex")[0]
+    assert _refused(provider, {"x-bfl-signature": bfl_sign(wrong, BODY)}) == "signature"
+    assert _refused(provider, {"x-webhook-secret": wrong}) == "signature"
+    # no header at all
+    assert _refused(provider, {}) == "missing_header"
+    # malformed headers
+    assert _refused(provider, {"x-bfl-signature": good.split("=", 1)[1]}) == "malformed"
+    assert _refused(provider, {"x-bfl-signature": "md5=" + good.split("=", 1)[1]}) == "malformed"
+    assert _refused(provider, {"x-bfl-signature": "sha256="}) == "malformed"
+    assert _refused(provider, {"x-webhook-secret": ""}) == "malformed"
+    # a bad HMAC is not rescued by a correct echo next to it
+    headers = {"x-bfl-signature": bfl_sign(wrong, BODY), "x-webhook-secret": SECRETS[0]}
+    assert _refused(provider, headers) == "signature"
+
+
+def test_vtrix_unsigned_only_when_configured() -> None:
+    assert _refused(make(VtrixProvider), {}) == "missing_header"
+    relaxed = make(VtrixProvider, accept_unsigned=True)
+    asyncio.run(relaxed.verify_callback({}, BODY, SECRETS))
+    # a signature that is present is still checked
+    assert _refused(relaxed, {"x-webhook-secret": "nope"}) == "signature"
+    assert _refused(make(BflProvider, accept_unsigned=True), {}) == "missing_header"
+
+
+# --- the wire -------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A MockTransport handler answering from a list, keeping every request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+SUBMITTED = httpx.Response(200, json=fixture("bfl", "submit_response"))
+
+
+def test_bfl_submit_request_shape() -> None:
+    rec = Recorder(SUBMITTED)
+    provider = make(handler=rec, base_url="https://api.eu.bfl.ai")
+    sub = asyncio.run(provider.submit(task(seed=7, width=512, height=512), TARGET))
+    assert sub.provider_task_id == "3f2a9c1e-7b4d-4e8a-9c21-5d6e7f809a1b"
+    [req] = rec.requests
+    assert req.method == "POST"
+    assert str(req.url) == "https://api.eu.bfl.ai/v1/flux-2-pro"
+    assert req.headers["x-key"] == "k-123"
+    assert "authorization" not in req.headers
+    body = json.loads(req.content)
+    assert body == {
+        "prompt": "a lighthouse",
+        "seed": 7,
+        "width": 512,
+        "height": 512,
+        "webhook_url": TARGET.url,
+        "webhook_secret": TARGET.secret,
+    }
+
+
+def test_vtrix_submit_request_shape() -> None:
+    rec = Recorder(httpx.Response(200, json={"id": "vtx_1", "status": "pending"}))
+    provider = make(VtrixProvider, handler=rec)
+    sub = asyncio.run(provider.submit(task("vtrix", "flux-2-max", seed=3), TARGET))
+    assert sub.provider_task_id == "vtx_1"
+    [req] = rec.requests
+    assert str(req.url) == "https://cloud.vtrix.ai/model/v1/generation"
+    assert req.headers["authorization"] == "Bearer k-123"
+    assert "x-key" not in req.headers
+    body = json.loads(req.content)
+    assert body["model"] == "flux_2_max"
+    assert body["webhook_url"] == TARGET.url and body["webhook_secret"] == TARGET.secret
+    assert body["seed"] == 3 and body["prompt"] == "a lighthouse"
+
+
+def test_vtrix_submission_error_and_task_id_forms() -> None:
+    refused = Recorder(httpx.Response(200, json={"error": {"code": "x", "message": "no balance"}}))
+    with pytest.raises(ProviderError, match="no balance"):
+        asyncio.run(make(VtrixProvider, handler=refused).submit(task("vtrix", None), TARGET))
+    wrapped = Recorder(httpx.Response(200, json={"code": 200, "data": {"task_id": "vtx_9"}}))
+    sub = asyncio.run(make(VtrixProvider, handler=wrapped).submit(task("vtrix", None), TARGET))
+    assert sub.provider_task_id == "vtx_9"
+
+
+def test_429_is_retried_after_retry_after() -> None:
+    rec = Recorder(
+        httpx.Response(429, headers={"retry-after": "2"}, json={"detail": "busy"}), SUBMITTED
+    )
+    sub = asyncio.run(make(handler=rec).submit(task(), TARGET))
+    assert sub.provider_task_id is not None
+    assert [r.method for r in rec.requests] == ["POST", "POST"]
+
+
+def test_persistent_429_gives_up_without_maybe_sent() -> None:
+    rec = Recorder(httpx.Response(429, headers={"retry-after": "1"}))
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(make(handler=rec).submit(task(), TARGET))
+    assert caught.value.maybe_sent is False and caught.value.retry_after == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(500, text="boom"),
+        httpx.Response(502),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(200, json={"polling_url": "https://api.bfl.ai/v1/get_result?id=x"}),
+        httpx.Response(200, text="<html>"),
+    ],
+)
+def test_a_post_that_may_have_arrived_is_never_repeated(answer: Any) -> None:
+    rec = Recorder(answer)
+    with pytest.raises(ProviderError):
+        asyncio.run(make(handler=rec).submit(task(), TARGET))
+    assert len(rec.requests) == 1
+
+
+def _poll_with(polling_url: str) -> list[httpx.Request]:
+    ready = httpx.Response(200, json=fixture("bfl", "get_result_ready"))
+    submitted = httpx.Response(200, json={"id": "bfl_abc", "polling_url": polling_url})
+    rec = Recorder(submitted, ready)
+    provider = make(handler=rec)
+
+    async def run() -> None:
+        await provider.submit(task(), TARGET)
+        outcome = await provider.poll(task())
+        assert outcome.status is OutcomeStatus.SUCCEEDED
+        assert outcome.model == "flux-2-pro"
+
+    asyncio.run(run())
+    return rec.requests
+
+
+def test_poll_prefers_bfls_polling_url() -> None:
+    regional = "https://api.us1.bfl.ai/v1/get_result?id=bfl_abc"
+    requests = _poll_with(regional)
+    assert str(requests[1].url) == regional
+    assert requests[1].headers["x-key"] == "k-123"
+
+
+def test_poll_never_sends_the_key_to_a_foreign_polling_url() -> None:
+    requests = _poll_with("https://evil.test/v1/get_result?id=bfl_abc")
+    assert requests[1].url.host == "api.bfl.ai"
+    assert str(requests[1].url) == "https://api.bfl.ai/v1/get_result?id=bfl_abc"
+    # plain http on a bfl.ai name is not trusted either
+    requests = _poll_with("http://api.bfl.ai/v1/get_result?id=bfl_abc")
+    assert requests[1].url.scheme == "https"
+
+
+def test_poll_without_a_known_polling_url_uses_get_result() -> None:
+    rec = Recorder(httpx.Response(200, json=fixture("bfl", "get_result_pending")))
+    outcome = asyncio.run(make(handler=rec).poll(task()))
+    assert outcome.status is OutcomeStatus.PENDING
+    assert str(rec.requests[0].url) == "https://api.bfl.ai/v1/get_result?id=bfl_abc"
+
+
+def test_vtrix_poll_path_and_option() -> None:
+    rec = Recorder(httpx.Response(200, json=fixture("vtrix", "task_completed")))
+    outcome = asyncio.run(make(VtrixProvider, handler=rec).poll(task("vtrix", "flux_2_max")))
+    assert outcome.cost == "0.0700"
+    assert str(rec.requests[0].url) == "https://cloud.vtrix.ai/model/v1/generation/bfl_abc"
+    rec = Recorder(httpx.Response(200, json=fixture("vtrix", "task_processing")))
+    provider = make(VtrixProvider, handler=rec, poll_path="/model/v1/tasks/{id}")
+    asyncio.run(provider.poll(task("vtrix")))
+    assert str(rec.requests[0].url) == "https://cloud.vtrix.ai/model/v1/tasks/bfl_abc"
+
+
+# --- against the simulators, in process -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "expect_cost"),
+    [("bfl", "flux-2-flex", None), ("vtrix", "flux_2_pro", "0.0300")],
+)
+def test_submit_then_poll_against_the_simulator(
+    name: str, model: str, expect_cost: str | None
+) -> None:
+    """No callback URL: the result is found by polling, in the simulator's wire format."""
+
+    async def run() -> None:
+        app, sim = build_simulator("http://sim.test", Faults(delay=0.15), [name])
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        provider = build_provider(
+            name, ProviderSettings(api_key="k", base_url="http://sim.test"), client
+        )
+        t = task(name, model, seed=99, steps=8) if name == "bfl" else task(name, model, seed=99)
+        provider.validate(t.model, t.prompt, t.params)
+        sub = await provider.submit(t, None)
+        t.provider_task_id = sub.provider_task_id
+        first = await provider.poll(t)
+        assert first.status is OutcomeStatus.PENDING
+        for _ in range(200):
+            outcome = await provider.poll(t)
+            if outcome.final:
+                break
+            await asyncio.sleep(0.01)
+        assert outcome.status is OutcomeStatus.SUCCEEDED
+        assert outcome.model == model
+        assert outcome.cost == expect_cost
+        [image] = outcome.images
+        assert image.url is not None and image.expires_at is not None
+        assert 590 < image.expires_at - time.time() <= 601
+        fetched = await client.get(image.url)
+        assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+        assert sim.tasks[str(sub.provider_task_id)].seed == 99
+        if name == "bfl":
+            assert outcome.seed == 99
+        await sim.aclose()
+        await client.aclose()
+
+    asyncio.run(run())
