@@ -53,7 +53,7 @@ class PostgresLedger(SqlLedger):
         try:
             return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise LedgerUnavailable(f"postgresql: {exc}".strip()) from exc
+            raise LedgerUnavailable("postgresql: " + " ".join(str(exc).split())) from exc
 
     async def open(self) -> None:
         def fn() -> None:
