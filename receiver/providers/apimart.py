@@ -135,6 +135,8 @@ def parse_task(data: Any) -> Outcome:
     if code is not None and code != 200:
         raise ProviderError(f"apimart: task query refused (code {code}): {_message(data)}")
     body = data.get("data")
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]  # the submission answer's shape; tolerated here too
     if not isinstance(body, dict):
         raise BadRequest("apimart: task answer has no data object")
     task_id = str(body["id"]) if body.get("id") else None
@@ -180,17 +182,24 @@ def _images(result: Any) -> tuple[ResultImage, ...]:
     for image in result["images"]:
         if not isinstance(image, dict):
             continue
-        expires = image.get("expires_at")
-        expires_at = (
-            float(expires)
-            if isinstance(expires, int | float) and not isinstance(expires, bool)
-            else None
-        )
+        expires_at = _unix(image.get("expires_at"))
         urls = image.get("url")
         for url in urls if isinstance(urls, list) else [urls]:
             if isinstance(url, str) and url.startswith(("http://", "https://")):
                 found.append(ResultImage(url=url, expires_at=expires_at))
     return tuple(found)
+
+
+def _unix(value: Any) -> float | None:
+    """Unix seconds (documented); a numeric string or milliseconds are read too."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value) / 1000.0 if value > 1e11 else float(value)
 
 
 def _cost(body: Mapping[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -98,18 +99,28 @@ class EigenaiProvider(Provider):
                 "POST", f"{self.base_url}/api/v1/generate", json=body, headers=headers
             )
         except ProviderError as exc:
+            refusal = _http_refusal(exc.message)
+            if refusal is None:
+                raise
+            status, message = refusal
             # A refusal for content is a final answer, not a transport failure.
-            if _MODERATED.search(exc.message) and "HTTP 4" in exc.message:
+            if 400 <= status < 500 and _MODERATED.search(message):
                 return Submission(
                     provider_task_id=None,
                     outcome=Outcome(
                         OutcomeStatus.MODERATED,
                         error_code="moderated",
-                        error_message=exc.message,
+                        error_message=message,
                         model=body["model"],
                     ),
                 )
-            raise
+            # Anything else fails the task; keep the provider's own words, not the JSON around
+            # them. Nothing was left running at EigenAI, so there is nothing to poll later.
+            raise ProviderError(
+                f"eigenai: HTTP {status}: {message}",
+                retry_after=exc.retry_after,
+                maybe_sent=exc.maybe_sent,
+            ) from exc
         outcome = parse_response(response, model=body["model"])
         return Submission(provider_task_id=_request_id(response), outcome=outcome)
 
@@ -182,6 +193,23 @@ def parse_json(data: Any, *, model: str | None = None) -> Outcome:
     raise ProviderError("eigenai: JSON answer carries no image")
 
 
+_HTTP_ERROR = re.compile(r"HTTP (\d{3}): (.*)\Z", re.S)
+
+
+def _http_refusal(text: str) -> tuple[int, str] | None:
+    """``(status, provider message)`` from the message :meth:`Provider.request` raises for an
+    HTTP error; the message is the JSON ``error``/``detail`` when the body is JSON."""
+    found = _HTTP_ERROR.search(text)
+    if found is None:
+        return None
+    status, raw = int(found.group(1)), found.group(2).strip()
+    try:
+        message = _error_text(json.loads(raw))
+    except ValueError:
+        message = None
+    return status, message or raw or f"HTTP {status}"
+
+
 def _nodes(data: Any) -> list[dict[str, Any]]:
     """The object and the objects one level down (``data``, ``data[0]``, ``result``…)."""
     found: list[dict[str, Any]] = []
@@ -204,6 +232,10 @@ def _error_text(data: Any) -> str | None:
         value = data.get(key)
         if isinstance(value, dict):
             value = value.get("message") or value.get("detail")
+        elif isinstance(value, list):
+            # FastAPI-style validation errors: [{"loc": [...], "msg": "..."}]
+            parts = [str(v.get("msg")) for v in value if isinstance(v, dict) and v.get("msg")]
+            value = "; ".join(parts)
         if isinstance(value, str) and value:
             return value
     return None

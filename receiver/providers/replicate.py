@@ -5,13 +5,16 @@ Replicate signs every webhook with one secret per account (``GET /v1/webhooks/de
 to pass one. So a callback is accepted when its Standard Webhooks signature matches:
 
 1. ``providers.replicate.webhook_secret`` when configured, else the account secret fetched
-   once with the API key from ``/v1/webhooks/default/secret`` (cached, fetched again once
-   when nothing matches, for rotation; option ``fetch_webhook_secret = false`` turns it off);
+   once with the API key from ``/v1/webhooks/default/secret`` (cached; fetched again when
+   nothing matches, for rotation, at most once a minute so forgeries cannot drive requests
+   to Replicate; option ``fetch_webhook_secret = false`` turns fetching off);
 2. or any of the per-task secrets (``secret_format = "whsec"``) the core passes in, so a
    sender that does sign per task is accepted too.
 
 With neither a configured nor a fetchable account secret, the task-bound URL token is the only
-check (it is checked before us). Outputs are deleted after one hour (``url_lifetime``).
+check (it is checked before us). Outputs are deleted one hour after the prediction, so
+each output URL's deadline is ``completed_at`` + 1 h (``url_lifetime`` from receipt when the
+prediction carries no timestamps).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadRequest, ProviderError, SignatureError, ValidationFailed
@@ -36,19 +42,25 @@ _OWNER_NAME_VERSION = re.compile(
 _PENDING = {"starting", "processing", "queued"}
 _MODERATED = re.compile(r"nsfw|moderat|safety|flagged|content.?policy|sensitive", re.I)
 _SEED_LOG = re.compile(r"(?:using )?seed[:=\s]+(\d+)", re.I)
+# API outputs are deleted after one hour.
+OUTPUT_LIFETIME = 3600.0
+# A signature that matches nothing fetches the account secret again (it may have rotated),
+# but not more often than this, so forged callbacks cannot make us hammer Replicate's API.
+SECRET_REFRESH_SECONDS = 60.0
 
 
 class ReplicateProvider(Provider):
     name = "replicate"
     default_base_url = "https://api.replicate.com"
     default_model = "black-forest-labs/flux-dev"
-    url_lifetime = 3600.0
+    url_lifetime = OUTPUT_LIFETIME
     callback_grace = 300.0
     secret_format = "whsec"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._account_secret: str | None = None
+        self._fetched_at = 0.0
 
     # --- request side ---------------------------------------------------------------------------
 
@@ -128,7 +140,8 @@ class ReplicateProvider(Provider):
             return [self.settings.webhook_secret]
         if not self.settings.api_key or not self.settings.option("fetch_webhook_secret", True):
             return []
-        if self._account_secret is None or refresh:
+        stale = refresh and time.monotonic() - self._fetched_at >= SECRET_REFRESH_SECONDS
+        if self._account_secret is None or stale:
             response = await self.request(
                 "GET", f"{self.base_url}/v1/webhooks/default/secret", headers=self._headers()
             )
@@ -137,6 +150,7 @@ class ReplicateProvider(Provider):
             if not isinstance(key, str) or not key.startswith("whsec_"):
                 raise ProviderError("replicate: webhook secret answer has no whsec_ key")
             self._account_secret = key
+            self._fetched_at = time.monotonic()
         return [self._account_secret]
 
     async def verify_callback(
@@ -173,7 +187,10 @@ class ReplicateProvider(Provider):
             if exc.cause != "signature" or self.settings.webhook_secret:
                 raise
             # The account secret may have been rotated since we fetched it.
+            before = self._account_secret
             fresh = await self._account_secrets(refresh=True)
+            if fresh == [before]:
+                raise
             verify_standard(headers, body, [*fresh, *secrets[1:]], tolerance=self.tolerance_seconds)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
@@ -221,7 +238,11 @@ def parse_prediction(data: Any) -> Outcome:
                 model=model,
             )
         return Outcome(
-            OutcomeStatus.SUCCEEDED, images=images, provider_task_id=pid, seed=seed, model=model
+            OutcomeStatus.SUCCEEDED,
+            images=_with_deadline(images, data),
+            provider_task_id=pid,
+            seed=seed,
+            model=model,
         )
     if status in ("failed", "canceled", "aborted"):
         error = data.get("error")
@@ -257,6 +278,32 @@ def _outputs(output: Any) -> tuple[ResultImage, ...]:
             content_type = header[5:].split(";")[0] or None
             found.append(ResultImage(inline=raw, content_type=content_type))
     return tuple(found)
+
+
+def _with_deadline(
+    images: tuple[ResultImage, ...], data: Mapping[str, Any]
+) -> tuple[ResultImage, ...]:
+    """Outputs are deleted an hour after the prediction: date each URL from ``completed_at``
+    (else ``created_at``), so a late webhook or poll does not stretch the deadline."""
+    start = _timestamp(data.get("completed_at")) or _timestamp(data.get("created_at"))
+    if start is None:
+        return images
+    return tuple(
+        replace(img, expires_at=start + OUTPUT_LIFETIME) if img.url is not None else img
+        for img in images
+    )
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def _model(data: Mapping[str, Any]) -> str | None:

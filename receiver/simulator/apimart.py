@@ -15,8 +15,15 @@ from starlette.routing import Route
 
 from .core import SimTask, Simulator
 
-MODELS = ("flux-2-flex", "flux-2-pro", "flux-kontext-pro", "flux-kontext-max")
-SIZES = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21")
+FLUX2_SIZES = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
+KONTEXT_SIZES = (*FLUX2_SIZES, "21:9", "9:21", "match_input_image", "auto")
+# model -> (accepted sizes, most input images), per seeds 003 and 004
+MODELS: dict[str, tuple[tuple[str, ...], int]] = {
+    "flux-2-flex": (FLUX2_SIZES, 8),
+    "flux-2-pro": (FLUX2_SIZES, 8),
+    "flux-kontext-pro": (KONTEXT_SIZES, 1),
+    "flux-kontext-max": (KONTEXT_SIZES, 1),
+}
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -69,6 +76,28 @@ def task_body(sim: Simulator, task: SimTask) -> dict[str, Any]:
     return {"code": 200, "data": data}
 
 
+def _check(params: dict[str, Any]) -> str | None:
+    """The documented refusals: unknown model, unsupported ratio, too many input images,
+    base64 input, a resolution other than 1K/2K."""
+    model = params.get("model")
+    if not isinstance(model, str) or model not in MODELS:
+        return f"unsupported model {model!r}"
+    sizes, most = MODELS[model]
+    size = params.get("size")
+    if size is not None and size not in sizes:
+        return f"unsupported size {size!r} for {model}"
+    resolution = params.get("resolution")
+    if resolution is not None and str(resolution).upper() not in ("1K", "2K"):
+        return f"unsupported resolution {resolution!r}"
+    urls = params.get("image_urls")
+    if urls is not None:
+        if not isinstance(urls, list) or len(urls) > most:
+            return f"image_urls: at most {most} for {model}"
+        if not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            return "image_urls: public URLs only, base64 is not supported"
+    return None
+
+
 def routes(sim: Simulator) -> list[Route]:
     counter = {"n": 0}
 
@@ -84,16 +113,10 @@ def routes(sim: Simulator) -> list[Route]:
         if not isinstance(params, dict) or not params.get("prompt"):
             sim.rejected += 1
             return _error(400, "prompt is required")
-        if params.get("model") not in MODELS:
+        problem = _check(params)
+        if problem is not None:
             sim.rejected += 1
-            return _error(400, f"unsupported model {params.get('model')!r}")
-        if params.get("size") is not None and params["size"] not in (
-            *SIZES,
-            "match_input_image",
-            "auto",
-        ):
-            sim.rejected += 1
-            return _error(400, f"unsupported size {params['size']!r}")
+            return _error(400, problem)
         task = sim.new_task("apimart", params, prefix="task")
         task.extra["url_shape"] = "list" if counter["n"] % 2 else "string"
         counter["n"] += 1
