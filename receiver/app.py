@@ -105,6 +105,7 @@ def create_app(
             if loops:
                 await loops.stop()
             await rt.close()
+            log.info("stopped: background loops drained, ledger closed")
 
     middleware = []
     if settings.server.cors_origins:
