@@ -135,7 +135,7 @@ class Provider(ABC):
         if value is None:
             return
         if not isinstance(value, str) or not lo <= len(value) <= hi:
-            raise ValidationFailed(key, f"must be a string of {lo} to {hi} characters")
+            raise ValidationFailed(f"params.{key}", f"must be a string of {lo} to {hi} characters")
 
     @staticmethod
     def require_int(params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> None:
@@ -149,13 +149,15 @@ class Provider(ABC):
             or (hi is not None and value > hi)
         ):
             bound = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-            raise ValidationFailed(key, f"must be an integer, {bound}")
+            raise ValidationFailed(f"params.{key}", f"must be an integer, {bound}")
 
     @staticmethod
     def require_choice(params: Mapping[str, Any], key: str, choices: Sequence[Any]) -> None:
         value = params.get(key)
         if value is not None and value not in choices:
-            raise ValidationFailed(key, f"must be one of {', '.join(map(str, choices))}")
+            raise ValidationFailed(
+                f"params.{key}", f"must be one of {', '.join(map(str, choices))}"
+            )
 
     @staticmethod
     def reject_unknown(params: Mapping[str, Any], allowed: Sequence[str]) -> None:

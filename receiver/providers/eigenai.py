@@ -65,8 +65,8 @@ class EigenaiProvider(Provider):
                 )
         self.reject_unknown(params, PARAMS)
         for key in ("width", "height"):
-            _int(params, key, 512, 2048)
-        _int(params, "seed", 0, None)
+            self.require_int(params, key, 512, 2048)
+        self.require_int(params, "seed", 0, None)
         if params.get("mode") not in (None, "text-to-image"):
             raise ValidationFailed("params.mode", "only text-to-image is supported")
         for key in ("real_time", "binary_response"):
@@ -267,17 +267,3 @@ def _request_id(response: httpx.Response) -> str | None:
         if value:
             return str(value)[:200]
     return None
-
-
-def _int(params: Mapping[str, Any], key: str, lo: int, hi: int | None) -> None:
-    value = params.get(key)
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < lo
-        or (hi is not None and value > hi)
-    ):
-        bound = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise ValidationFailed(f"params.{key}", f"must be an integer, {bound}")
