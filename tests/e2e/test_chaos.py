@@ -296,7 +296,10 @@ def test_chaos_replicas_behind_nginx(tmp_path: Path, pg_dsn: str) -> None:
         (tmp_path.parent / "chaos-summary.txt").write_text(summary + "\n")
         assert statuses["archived"] == TASKS
         assert len(images) == TASKS and len(sidecars) == TASKS and sha_ok == TASKS
-        assert state["callbacks_sent"] >= COPIES * TASKS and duplicates / state["callbacks_sent"] >= 0.3
+        assert (
+            state["callbacks_sent"] >= COPIES * TASKS
+            and duplicates / state["callbacks_sent"] >= 0.3
+        )
         assert one_id == TASKS and sink.bad == 0
     finally:
         nginx.terminate()
