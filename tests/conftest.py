@@ -11,6 +11,15 @@ import pytest
 
 from receiver import backoff
 
+# Summary lines tests want in CI's output (the chaos test's counts), printed after the run.
+SUMMARIES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in SUMMARIES:
+        terminalreporter.write_line(line)
+
+
 PG_ADMIN_DSN = os.environ.get("RECEIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

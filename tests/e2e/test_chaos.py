@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.signatures import verify_standard
+from tests.conftest import SUMMARIES
 from tests.helpers import API_KEY, Proc, base_config, free_port, wait_http, write_config
 
 TASKS = int(os.environ.get("CHAOS_TASKS", "1000"))
@@ -293,6 +294,7 @@ def test_chaos_replicas_behind_nginx(tmp_path: Path, pg_dsn: str) -> None:
             f"downloads={state['downloads']} replica_killed=1 s3_outage_s=20 origin_5xx=20%"
         )
         print("\n" + summary)
+        SUMMARIES.append(summary)
         (tmp_path.parent / "chaos-summary.txt").write_text(summary + "\n")
         assert statuses["archived"] == TASKS
         assert len(images) == TASKS and len(sidecars) == TASKS and sha_ok == TASKS
