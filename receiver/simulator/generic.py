@@ -82,7 +82,8 @@ def routes(sim: Simulator) -> list[Route]:
             return JSONResponse({"error": "task not found"}, status_code=404)
         if task.urls and task.expires_at and time.time() > task.expires_at - 1:
             # A poll re-signs the result URLs, as providers that refresh them do.
-            task.expires_at = time.time() + float(sim.fault(task, "url_ttl"))
+            ttl = task.faults.get("refreshed_url_ttl", sim.fault(task, "url_ttl"))
+            task.expires_at = time.time() + float(ttl)
             task.urls = [sim.file_url(task, i, "png") for i in range(len(task.images))]
         return JSONResponse(task_body(task))
 
