@@ -336,3 +336,52 @@ def test_demo_runs_and_prints_every_archived_file(tmp_path: Path) -> None:
     for img, side in zip(images, sidecars, strict=True):
         data = json.loads(Path(side).read_text())  # relative paths resolve against our cwd
         assert data["sha256"] == hashlib.sha256(Path(img).read_bytes()).hexdigest()
+
+
+def test_sigterm_gives_back_unfinished_jobs_to_a_worker(tmp_path: Path) -> None:
+    """`receiver serve` takes callbacks, `receiver worker` archives; SIGTERM to the worker in
+    the middle of slow downloads gives the jobs back at once (the lease is 120 s, so only the
+    give-back explains a second worker finishing them within the test's 40 s)."""
+    sim_port, port = free_port(), free_port()
+    sim = Proc(
+        ["simulate", "--port", str(sim_port), "--delay", "0.1", "--slow-download", "6"],
+        tmp_path / "sim.log",
+    )
+    conf = base_config(
+        tmp_path,
+        public_url=f"http://127.0.0.1:{port}",
+        providers={"simulated": {"base_url": f"http://127.0.0.1:{sim_port}"}},
+        worker={"lease_seconds": 120.0, "shutdown_grace_seconds": 0.5, "poll_interval": 0.1},
+        log_level="info",
+    )
+    path = write_config(tmp_path, conf)
+    base = f"http://127.0.0.1:{port}"
+    server = Proc(
+        ["serve", "--no-worker", "--port", str(port), "--config", str(path)], tmp_path / "s.log"
+    )
+    first = Proc(["worker", "--config", str(path)], tmp_path / "w1.log")
+    second = Proc(["worker", "--config", str(path)], tmp_path / "w2.log")
+    try:
+        sim.start()
+        server.start()
+        first.start()
+        wait_http(f"http://127.0.0.1:{sim_port}/_sim/state", proc=sim.proc)
+        wait_http(f"{base}/healthz", proc=server.proc)
+        ids = [
+            submit(base, {"provider": "simulated", "prompt": f"slow {i}"}).json()["id"]
+            for i in range(2)
+        ]
+        deadline = time.monotonic() + 20
+        while httpx.get(f"http://127.0.0.1:{sim_port}/_sim/state").json()["downloads"] < 2:
+            assert time.monotonic() < deadline, "downloads never started"
+            time.sleep(0.05)
+        first.stop()  # SIGTERM
+        assert "gave back 2 unfinished jobs" in first.output(), first.output()[-2000:]
+        second.start()
+        tasks = wait_tasks(base, ids, timeout=40)
+        assert [t["status"] for t in tasks] == ["archived"] * 2, second.output()[-2000:]
+    finally:
+        second.stop()
+        first.stop()
+        server.stop()
+        sim.stop()
