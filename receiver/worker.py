@@ -36,14 +36,18 @@ class Worker:
         self.conf = runtime.settings.worker
         self.inflight: dict[int, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._wake: asyncio.Event | None = None
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
         wake = self.rt.changes.subscribe("jobs")
+        self._wake = wake
         try:
             while not self._stopping.is_set():
+                # Cleared before claiming, so a wake-up that comes during the claim is kept.
+                wake.clear()
                 free = self.conf.concurrency - len(self.inflight)
                 claimed: list[Job] = []
                 if free > 0:
@@ -58,7 +62,6 @@ class Worker:
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)  # more may be due: claim again at once
                     continue
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         _first(wake.wait(), self._stopping.wait()), self.conf.poll_interval
@@ -95,6 +98,8 @@ class Worker:
         finally:
             heartbeat.cancel()
             self.inflight.pop(job.id, None)
+            if self._wake is not None:
+                self._wake.set()  # a slot is free: claim again now, not at the next poll
 
     async def _heartbeat(self, job: Job) -> None:
         interval = max(0.2, self.conf.lease_seconds / 3)

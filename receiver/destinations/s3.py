@@ -117,9 +117,10 @@ class S3Store(Destination):
         if size > self.settings.multipart_threshold:
             await self._multipart(full, stream, extra)
         else:
-            data = stream.read()
+            # The file itself, not its bytes: botocore streams it, so memory stays bounded by
+            # the spool, not by the image size times the jobs in flight.
             await self._call(
-                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra),
+                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=stream, **extra),
                 f"put {self.uri(key)}",
             )
         return self.uri(key)
