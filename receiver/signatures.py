@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -34,15 +35,21 @@ def _rotation(keys: Sequence[str]) -> list[str]:
 # --- URL tokens ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def _hook_serializer(keys: tuple[str, ...]) -> URLSafeSerializer:
+    # Built once per key set: every callback checks a token.
+    return URLSafeSerializer(_rotation(keys), salt=HOOK_SALT)
+
+
 def hook_token(keys: Sequence[str], task_id: str, provider: str) -> str:
-    return str(URLSafeSerializer(_rotation(keys), salt=HOOK_SALT).dumps([task_id, provider]))
+    return str(_hook_serializer(tuple(keys)).dumps([task_id, provider]))
 
 
 def verify_hook_token(keys: Sequence[str], token: str, provider: str) -> str:
     """Return the task id the token was issued for; SignatureError unless it is ours and for
     this provider."""
     try:
-        data = URLSafeSerializer(_rotation(keys), salt=HOOK_SALT).loads(token)
+        data = _hook_serializer(tuple(keys)).loads(token)
     except BadSignature:
         raise SignatureError("invalid callback token", cause="token") from None
     if (

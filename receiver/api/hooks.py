@@ -32,9 +32,6 @@ async def task_hook(request: Request) -> Response:
         secrets = task_secrets(rt.settings.secret_keys, task_id, provider.secret_format)
         await provider.verify_callback(request.headers, body, secrets)
         callback = provider.parse_callback(request.headers, body)
-        task = await rt.ledger.get_task(task_id)
-        if task is None:
-            raise NotFound("no such task")
         delivery_key = callback.delivery_key or "body:" + hashlib.sha256(body).hexdigest()
         result = await rt.ledger.record_outcome(
             task_id,
@@ -43,6 +40,8 @@ async def task_hook(request: Request) -> Response:
             delivery_key=delivery_key,
             deadline=provider.deadline_for(callback.outcome, time.time()),
         )
+        if result.task is None:
+            raise NotFound("no such task")
     except SignatureError as exc:
         metrics.VERIFY_FAILURES.labels(name, exc.cause).inc()
         metrics.DELIVERIES.labels(name, "refused").inc()
@@ -59,7 +58,8 @@ async def task_hook(request: Request) -> Response:
     if result.job_enqueued:
         rt.changes.notify("jobs")
     rt.changes.notify(f"task:{task_id}")
-    rt.changes.notify("notify")
+    if result.task.status.final:
+        rt.changes.notify("notify")
     log.info(
         "callback accepted (%s)",
         callback.outcome.status.value,

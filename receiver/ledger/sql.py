@@ -313,14 +313,16 @@ class SqlLedger(Ledger):
         deadline: float | None,
     ) -> RecordResult:
         def fn(tx: Tx) -> RecordResult:
+            task = self._get(tx, task_id)
+            if task is None:
+                return RecordResult(duplicate=False, task=None)
             if delivery_key is not None:
                 fresh = tx.one(
                     "insert_delivery", provider=provider, key=delivery_key, task_id=task_id
                 )
                 if fresh is None:
-                    return RecordResult(duplicate=True, task=self._get(tx, task_id))
-            task = self._get(tx, task_id)
-            if task is None or not outcome.final or task.status is not Status.SUBMITTED:
+                    return RecordResult(duplicate=True, task=task)
+            if not outcome.final or task.status is not Status.SUBMITTED:
                 return RecordResult(duplicate=False, task=task)
             if outcome.status is OutcomeStatus.SUCCEEDED and not outcome.images:
                 failed = self._fail(
