@@ -27,10 +27,10 @@ from .errors import FetchError, FetchExpired, FetchRefused
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-SPOOL_BYTES = 1024 * 1024
+SPOOL_BYTES = 512 * 1024  # per download in memory; larger bodies go to a temporary file
 SNIFF_BYTES = 32
 # Body bytes gathered before they are hashed and spooled in one trip to a thread.
-FLUSH_BYTES = 512 * 1024
+FLUSH_BYTES = 128 * 1024
 EXPIRED_STATUSES = {403, 404, 410}
 TRANSIENT_STATUSES = {408, 425, 429}
 
