@@ -1,0 +1,389 @@
+"""Archive throughput: images from a loopback origin into S3 (moto), three ways.
+
+- receiver: the real ``receiver serve`` (SQLite ledger, S3 destination, ``worker.concurrency``
+  = C). Tasks are made in the ledger, then the bench posts one signed ``succeeded`` callback
+  per task, as the provider would; timed from the first callback sent to the last task's
+  ``archived_at``. Each image costs a fetch (checked address, sniffed, hashed, spooled), an
+  image PUT, a sidecar PUT and ledger transactions.
+- rclone: ``rclone copy`` from the origin's HTML listing (http backend) to the same endpoint,
+  ``--transfers C --checkers C``.
+- baseline: C threads, each ``httpx.get`` then boto3 ``put_object`` (bench/baseline.py).
+
+Every contender is its own process; peak RSS is its kernel high-water mark, CPU its user +
+system time. moto is reset between contenders so it holds one set of objects at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from botocore.config import Config
+
+from .common import (
+    S3_KEY_ID,
+    S3_REGION,
+    S3_SECRET,
+    Child,
+    MiB,
+    Signer,
+    cpu_seconds,
+    create_tasks,
+    free_port,
+    median,
+    python,
+    receiver_config,
+    start_receiver,
+    succeeded,
+    wait_http,
+)
+
+BUCKET = "bench"
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mib: float
+    cpu_seconds: float
+    objects: int
+    store_cpu: float = 0.0  # moto's CPU seconds during the run
+
+
+@dataclass
+class Contender:
+    name: str
+    count: int
+    size: int
+    samples: list[Sample] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return median([s.seconds for s in self.samples])
+
+    @property
+    def objects_per_s(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.count * self.size / MiB / self.seconds
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return median([s.peak_rss_mib for s in self.samples])
+
+    @property
+    def cpu_seconds(self) -> float:
+        return median([s.cpu_seconds for s in self.samples])
+
+    @property
+    def store_cpu(self) -> float:
+        return median([s.store_cpu for s in self.samples])
+
+    def ms_per_image(self, seconds: float) -> float:
+        return seconds / self.count * 1000
+
+
+class Infra:
+    """The origin and the S3 endpoint, shared by every archive scenario."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.origin_port = free_port()
+        self.s3_port = free_port()
+        self.origin = Child(
+            "origin", python("bench.origin", "--port", str(self.origin_port)), tmp / "origin.log"
+        )
+        self.s3 = Child("s3", python("bench.s3server", "--port", str(self.s3_port)), tmp / "s3.log")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def listing(self, count: int, size: int) -> str:
+        return f"http://127.0.0.1:{self.origin_port}/s{size}/n{count}/"
+
+    def start(self) -> Infra:
+        self.origin.start()
+        self.s3.start()
+        wait_http(f"http://127.0.0.1:{self.origin_port}/", self.origin)
+        wait_http(self.endpoint, self.s3)
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_KEY_ID,
+            aws_secret_access_key=S3_SECRET,
+            config=Config(region_name=S3_REGION, s3={"addressing_style": "path"}),
+        )
+        self.reset()
+        return self
+
+    def reset(self) -> None:
+        """Drop every stored object (moto keeps them in memory) and make the bucket again."""
+        httpx.post(f"{self.endpoint}/moto-api/reset", timeout=60).raise_for_status()
+        self.client.create_bucket(Bucket=BUCKET)
+
+    def count(self, prefix: str) -> int:
+        total = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix + "/"
+        ):
+            total += page.get("KeyCount", 0)
+        return total
+
+    def stop(self) -> None:
+        self.origin.stop()
+        self.s3.stop()
+
+
+async def post_all(base: str, callbacks: list[Any], concurrency: int) -> None:
+    """Send the callbacks ``concurrency`` at a time; each must be accepted."""
+    queue = list(reversed(callbacks))
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
+        async def sender() -> None:
+            while queue:
+                cb = queue.pop()
+                r = await client.post(cb.path, content=cb.body, headers=cb.headers)
+                if r.status_code != 200:
+                    raise RuntimeError(f"callback refused: {r.status_code} {r.text}")
+
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+
+
+def wait_final(db: Path, count: int, timeout: float) -> tuple[int, int, float]:
+    """Poll the SQLite ledger (read-only) until every task is final: (archived, failed, last
+    archived_at)."""
+    deadline = time.monotonic() + timeout
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        while True:
+            archived, failed, last = conn.execute(
+                "SELECT sum(status = 'archived'), sum(status = 'failed'), max(archived_at) "
+                "FROM tasks"
+            ).fetchone()
+            archived, failed = int(archived or 0), int(failed or 0)
+            if archived + failed >= count:
+                return archived, failed, float(last or 0.0)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{archived + failed}/{count} tasks final after {timeout:g}s")
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def task_times(db: Path) -> list[tuple[float, float]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT completed_at, archived_at FROM tasks WHERE status = 'archived'"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(float(a), float(b)) for a, b in rows]
+
+
+@dataclass
+class ReceiverRun:
+    child: Child
+    db: Path
+    base: str
+    callbacks: list[Any]
+
+
+def start_receiver_run(
+    infra: Infra,
+    tmp: Path,
+    name: str,
+    count: int,
+    size: int,
+    concurrency: int,
+    *,
+    worker: dict[str, Any] | None = None,
+    s3: bool = True,
+) -> ReceiverRun:
+    """A fresh ledger with ``count`` tasks, a fresh server, the callbacks signed and ready.
+    ``worker`` overrides worker settings; ``s3=False`` archives to the local filesystem."""
+    db = tmp / f"{name}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    ledger_url = f"sqlite:///{db}"
+    port = free_port()
+    conf = receiver_config(
+        tmp,
+        port,
+        ledger_url=ledger_url,
+        s3_endpoint=infra.endpoint if s3 else None,
+        bucket=BUCKET,
+        prefix=name,
+        concurrency=concurrency,
+    )
+    conf["worker"].update(worker or {})
+    conf["destinations"]["local"]["path"] = str(tmp / f"archive-{name}")
+    tasks = asyncio.run(create_tasks(ledger_url, count, conf["default_destination"]))
+    child = start_receiver(tmp, name, conf, port)
+    listing = infra.listing(count, size)
+    signer = Signer()
+    callbacks = [
+        signer.sign(tid, succeeded(ptid, [f"{listing}img_{i:05d}.png"], seed=i), f"msg_{tid}")
+        for i, (tid, ptid) in enumerate(tasks)
+    ]
+    return ReceiverRun(child, db, f"http://127.0.0.1:{port}", callbacks)
+
+
+def run_receiver(
+    infra: Infra,
+    tmp: Path,
+    count: int,
+    size: int,
+    concurrency: int,
+    timeout: float,
+    worker: dict[str, Any] | None = None,
+) -> Sample:
+    rr = start_receiver_run(infra, tmp, "receiver", count, size, concurrency, worker=worker)
+    try:
+        cpu0 = cpu_seconds(rr.child.pid)
+        t0 = time.time()
+        asyncio.run(post_all(rr.base, rr.callbacks, concurrency))
+        _, failed, last = wait_final(rr.db, count, timeout)
+        if failed:
+            raise RuntimeError(f"receiver: {failed} tasks failed; see {rr.child.log}")
+        sample = Sample(
+            seconds=last - t0,
+            peak_rss_mib=rr.child.peak_rss_mib(),
+            cpu_seconds=cpu_seconds(rr.child.pid) - cpu0,
+            objects=infra.count("receiver"),
+        )
+    finally:
+        rr.child.stop()
+    if sample.objects != 2 * count:
+        raise RuntimeError(f"receiver stored {sample.objects} objects, expected {2 * count}")
+    return sample
+
+
+def _timed(child: Child, timeout: float) -> tuple[float, int]:
+    t0 = time.monotonic()
+    child.start()
+    code = child.wait(timeout)
+    return time.monotonic() - t0, code
+
+
+def rclone_args(listing: str, endpoint: str, concurrency: int) -> list[str]:
+    return [
+        "rclone",
+        "copy",
+        ":http:",
+        f":s3:{BUCKET}/rclone",
+        "--http-url",
+        listing,
+        "--s3-provider",
+        "Other",
+        "--s3-endpoint",
+        endpoint,
+        "--s3-access-key-id",
+        S3_KEY_ID,
+        "--s3-secret-access-key",
+        S3_SECRET,
+        "--s3-region",
+        S3_REGION,
+        "--s3-force-path-style",
+        "--s3-no-check-bucket",
+        "--transfers",
+        str(concurrency),
+        "--checkers",
+        str(concurrency),
+        "-q",
+    ]
+
+
+def rclone_command_text(count: int, size: int, concurrency: int) -> str:
+    listing = f"http://127.0.0.1:$ORIGIN/s{size}/n{count}/"
+    return " ".join(rclone_args(listing, "http://127.0.0.1:$S3", concurrency))
+
+
+def run_rclone(
+    infra: Infra, tmp: Path, count: int, size: int, concurrency: int, timeout: float
+) -> Sample:
+    conf = tmp / "rclone.conf"
+    conf.touch()
+    args = rclone_args(infra.listing(count, size), infra.endpoint, concurrency)
+    # rclone's S3 backend cannot load AWS_CA_BUNDLE into its transport; loopback needs none.
+    child = Child(
+        "rclone",
+        args,
+        tmp / "rclone.log",
+        env={"RCLONE_CONFIG": str(conf)},
+        drop_env=("AWS_CA_BUNDLE",),
+    )
+    seconds, code = _timed(child, timeout)
+    if code != 0:
+        raise RuntimeError(f"rclone exited {code}:\n{child.output()[-2000:]}")
+    objects = infra.count("rclone")
+    if objects != count:
+        raise RuntimeError(f"rclone stored {objects} objects, expected {count}")
+    return Sample(seconds, child.peak_rss_mib(), child.cpu_seconds, objects)
+
+
+def run_baseline(
+    infra: Infra, tmp: Path, count: int, size: int, concurrency: int, timeout: float
+) -> Sample:
+    args = python(
+        "bench.baseline",
+        "--origin",
+        infra.listing(count, size),
+        "--count",
+        str(count),
+        "--endpoint",
+        infra.endpoint,
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "baseline",
+        "--concurrency",
+        str(concurrency),
+    )
+    child = Child("baseline", args, tmp / "baseline.log")
+    seconds, code = _timed(child, timeout)
+    if code != 0:
+        raise RuntimeError(f"baseline exited {code}:\n{child.output()[-2000:]}")
+    objects = infra.count("baseline")
+    if objects != count:
+        raise RuntimeError(f"baseline stored {objects} objects, expected {count}")
+    return Sample(seconds, child.peak_rss_mib(), child.cpu_seconds, objects)
+
+
+def with_store_cpu(infra: Infra, fn: Callable[..., Sample], *args: Any, **kw: Any) -> Sample:
+    """Run one contender and add the CPU moto spent serving it."""
+    before = cpu_seconds(infra.s3.pid)
+    sample = fn(infra, *args, **kw)
+    sample.store_cpu = cpu_seconds(infra.s3.pid) - before
+    return sample
+
+
+def run(
+    infra: Infra, tmp: Path, *, count: int, size: int, concurrency: int, runs: int
+) -> dict[str, Contender]:
+    timeout = max(120.0, count * size / MiB / 5)  # a floor of 5 MiB/s before giving up
+    contenders = {
+        "receiver": (Contender("receiver", count, size), run_receiver),
+        "rclone": (Contender("rclone", count, size), run_rclone),
+        "baseline": (Contender("httpx+boto3", count, size), run_baseline),
+    }
+    for _ in range(runs):  # interleaved, so drift in the machine hits everyone alike
+        for contender, fn in contenders.values():
+            infra.reset()
+            contender.samples.append(
+                with_store_cpu(infra, fn, tmp, count, size, concurrency, timeout)
+            )
+    infra.reset()
+    return {key: c for key, (c, _) in contenders.items()}
