@@ -4,19 +4,16 @@ documented request limits, and the submit/poll wire calls."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, ValidationFailed
-from receiver.models import Outcome, OutcomeStatus, Status, Task
-from receiver.providers import build_provider
+from receiver.models import Outcome, OutcomeStatus, Task
 from receiver.providers.apimart import ApimartProvider, parse_submission, parse_task
+from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "apimart"
 
@@ -25,35 +22,24 @@ def load(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def provider(handler: Callable[[httpx.Request], httpx.Response] | None = None) -> ApimartProvider:
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
+def provider(handler: Handler | None = None) -> ApimartProvider:
+    return mock_provider(
+        "apimart", ApimartProvider, handler, api_key="k-123", base_url="https://apimart.test/"
     )
-    built = build_provider(
-        "apimart", ProviderSettings(api_key="k-123", base_url="https://apimart.test/"), http
-    )
-    assert isinstance(built, ApimartProvider)
-    return built
 
 
 def task(**over: Any) -> Task:
-    now = time.time()
-    fields: dict[str, Any] = {
-        "id": "tsk_1",
-        "provider": "apimart",
-        "model": "flux-2-pro",
-        "prompt": "A blue cat on the grass",
-        "params": {"resolution": "1K", "size": "16:9"},
-        "destination": "local",
-        "metadata": {},
-        "notify_url": None,
-        "status": Status.SUBMITTED,
-        "created_at": now,
-        "updated_at": now,
-        "provider_task_id": "task_01KFG5BBFNK1YQDTJDZY0P0QT2",
-    }
-    fields.update(over)
-    return Task(**fields)
+    return make_task(
+        "apimart",
+        **{
+            "id": "tsk_1",
+            "model": "flux-2-pro",
+            "prompt": "A blue cat on the grass",
+            "params": {"resolution": "1K", "size": "16:9"},
+            "provider_task_id": "task_01KFG5BBFNK1YQDTJDZY0P0QT2",
+            **over,
+        },
+    )
 
 
 # --- parsing documented bodies -------------------------------------------------------------

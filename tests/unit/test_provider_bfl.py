@@ -20,12 +20,13 @@ import pytest
 
 from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Status, Task
+from receiver.models import OutcomeStatus, Task
 from receiver.providers import CallbackTarget, build_provider
 from receiver.providers.bfl import BflProvider, delivery_key, parse_result, url_expiry
 from receiver.providers.vtrix import VtrixProvider, parse_any, parse_task
 from receiver.signatures import bfl_sign, task_secrets
 from receiver.simulator import Faults, build_simulator
+from tests.unit.provider_kit import make_task
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SECRETS = task_secrets(
@@ -53,19 +54,12 @@ def make(
 
 
 def task(provider: str = "bfl", model: str | None = "flux-2-pro", **params: Any) -> Task:
-    now = time.time()
-    return Task(
+    return make_task(
+        provider,
         id="t1",
-        provider=provider,
         model=model,
         prompt="a lighthouse",
         params=params,
-        destination="local",
-        metadata={},
-        notify_url=None,
-        status=Status.SUBMITTED,
-        created_at=now,
-        updated_at=now,
         provider_task_id="bfl_abc",
     )
 

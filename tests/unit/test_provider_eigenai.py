@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from receiver.config import ProviderSettings
 from receiver.errors import ProviderError, ValidationFailed
-from receiver.models import OutcomeStatus, Status, Task
-from receiver.providers import build_provider
+from receiver.models import OutcomeStatus, Task
 from receiver.providers.eigenai import EigenaiProvider, parse_json, parse_response
 from receiver.simulator.images import render_png
+from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eigenai"
 PNG = render_png("eigenai-unit", 8, 8)
@@ -29,37 +26,23 @@ def load(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
 def provider(handler: Handler | None = None) -> EigenaiProvider:
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
+    return mock_provider(
+        "eigenai", EigenaiProvider, handler, api_key="eg-key", base_url="https://eigen.test"
     )
-    built = build_provider(
-        "eigenai", ProviderSettings(api_key="eg-key", base_url="https://eigen.test"), http
-    )
-    assert isinstance(built, EigenaiProvider)
-    return built
 
 
 def task(**over: Any) -> Task:
-    now = time.time()
-    fields: dict[str, Any] = {
-        "id": "tsk_e",
-        "provider": "eigenai",
-        "model": "flux-1-kontext",
-        "prompt": "a watercolor fox",
-        "params": {"seed": 42, "width": 640, "height": 512},
-        "destination": "local",
-        "metadata": {},
-        "notify_url": None,
-        "status": Status.SUBMITTED,
-        "created_at": now,
-        "updated_at": now,
-    }
-    fields.update(over)
-    return Task(**fields)
+    return make_task(
+        "eigenai",
+        **{
+            "id": "tsk_e",
+            "model": "flux-1-kontext",
+            "prompt": "a watercolor fox",
+            "params": {"seed": 42, "width": 640, "height": 512},
+            **over,
+        },
+    )
 
 
 # --- validation ------------------------------------------------------------------------------

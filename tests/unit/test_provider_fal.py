@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Status, Task
+from receiver.models import OutcomeStatus, Task
 from receiver.providers import CallbackTarget, build_provider
 from receiver.providers.fal import DEFAULT_JWKS_URL, FalProvider, app_id, from_payload
 from receiver.signatures import fal_sign, public_jwk
 from receiver.simulator import Faults, build_simulator
+from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fal"
 JWKS_URL = "https://keys.fal.test/.well-known/jwks.json"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def raw(name: str) -> bytes:
@@ -38,33 +37,26 @@ def load(name: str) -> Any:
 
 
 def provider(handler: Handler | None = None, **settings: Any) -> FalProvider:
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
+    return mock_provider(
+        "fal",
+        FalProvider,
+        handler,
+        **{"base_url": "https://queue.fal.test", "api_key": "k-1:s-1", **settings},
     )
-    conf = ProviderSettings(base_url="https://queue.fal.test", api_key="k-1:s-1", **settings)
-    built = build_provider("fal", conf, http)
-    assert isinstance(built, FalProvider)
-    return built
 
 
 def task(**over: Any) -> Task:
-    now = time.time()
-    fields: dict[str, Any] = {
-        "id": "tsk_f",
-        "provider": "fal",
-        "model": "fal-ai/flux/dev",
-        "prompt": "a red fox in the snow",
-        "params": {"num_images": 2, "seed": 42},
-        "destination": "local",
-        "metadata": {},
-        "notify_url": None,
-        "status": Status.SUBMITTED,
-        "created_at": now,
-        "updated_at": now,
-        "provider_task_id": "80e732af-660e-45cd-bd63-580e4f2a94cc",
-    }
-    fields.update(over)
-    return Task(**fields)
+    return make_task(
+        "fal",
+        **{
+            "id": "tsk_f",
+            "model": "fal-ai/flux/dev",
+            "prompt": "a red fox in the snow",
+            "params": {"num_images": 2, "seed": 42},
+            "provider_task_id": "80e732af-660e-45cd-bd63-580e4f2a94cc",
+            **over,
+        },
+    )
 
 
 # --- parsing callbacks ----------------------------------------------------------------------

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Status, Task
+from receiver.models import OutcomeStatus, Task
 from receiver.providers import CallbackTarget, provider_class
 from receiver.providers.mynth import MynthProvider
 from receiver.signatures import mynth_sign, standard_sign
+from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "mynth"
 ACCOUNT_SECRET = "wbs_4q8ZrT2mX9kLp0sV7nB3cD6fG1hJ5wE"
@@ -32,33 +32,27 @@ def fixture(name: str) -> bytes:
 
 
 def provider(
-    handler: Callable[[httpx.Request], httpx.Response] | None = None,
-    webhook_secret: str | None = ACCOUNT_SECRET,
+    handler: Handler | None = None, webhook_secret: str | None = ACCOUNT_SECRET
 ) -> MynthProvider:
-    transport = httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
-    settings = ProviderSettings(
-        api_key="mynth-key", base_url="https://mynth.test", webhook_secret=webhook_secret
+    return mock_provider(
+        "mynth",
+        MynthProvider,
+        handler,
+        api_key="mynth-key",
+        base_url="https://mynth.test",
+        webhook_secret=webhook_secret,
     )
-    return MynthProvider(settings, httpx.AsyncClient(transport=transport))
 
 
 def task(**over: Any) -> Task:
     values: dict[str, Any] = {
         "id": "tsk_receiver_1",
-        "provider": "mynth",
         "model": "black-forest-labs/flux.2-pro",
         "prompt": "Cute Cat",
         "params": {"count": 2, "negative_prompt": "dogs", "destination": "bunny-prod"},
-        "destination": "local",
-        "metadata": {},
-        "notify_url": None,
-        "status": Status.SUBMITTED,
-        "created_at": time.time(),
-        "updated_at": time.time(),
         "provider_task_id": "tsk_01jx8m2q9v4c7d3e5f6g7h8j9k",
     }
-    values.update(over)
-    return Task(**values)
+    return make_task("mynth", **{**values, **over})
 
 
 def test_registered_under_its_name() -> None:

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Status, Task
-from receiver.providers import CallbackTarget, build_provider
+from receiver.models import OutcomeStatus, Task
+from receiver.providers import CallbackTarget
 from receiver.providers.replicate import ReplicateProvider, parse_prediction
 from receiver.signatures import standard_sign
+from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "replicate"
 VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def load(name: str) -> Any:
@@ -36,32 +34,25 @@ def new_secret() -> str:
 
 
 def provider(handler: Handler | None = None, **settings: Any) -> ReplicateProvider:
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(handler or (lambda r: httpx.Response(500)))
+    return mock_provider(
+        "replicate",
+        ReplicateProvider,
+        handler,
+        **{"base_url": "https://replicate.test", **settings},
     )
-    conf = ProviderSettings(base_url="https://replicate.test", **settings)
-    built = build_provider("replicate", conf, http)
-    assert isinstance(built, ReplicateProvider)
-    return built
 
 
 def task(**over: Any) -> Task:
-    now = time.time()
-    fields: dict[str, Any] = {
-        "id": "tsk_r",
-        "provider": "replicate",
-        "model": "black-forest-labs/flux-schnell",
-        "prompt": "a red fox in the snow",
-        "params": {"input": {"seed": 42, "num_outputs": 2}},
-        "destination": "local",
-        "metadata": {},
-        "notify_url": None,
-        "status": Status.SUBMITTED,
-        "created_at": now,
-        "updated_at": now,
-    }
-    fields.update(over)
-    return Task(**fields)
+    return make_task(
+        "replicate",
+        **{
+            "id": "tsk_r",
+            "model": "black-forest-labs/flux-schnell",
+            "prompt": "a red fox in the snow",
+            "params": {"input": {"seed": 42, "num_outputs": 2}},
+            **over,
+        },
+    )
 
 
 def iso(value: str) -> float:
