@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-import anyio
 import httpx
 
 from .config import FetchSettings
@@ -29,8 +28,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SPOOL_BYTES = 512 * 1024  # per download in memory; larger bodies go to a temporary file
 SNIFF_BYTES = 32
-# Body bytes gathered before they are hashed and spooled in one trip to a thread.
-FLUSH_BYTES = 128 * 1024
 EXPIRED_STATUSES = {403, 404, 410}
 TRANSIENT_STATUSES = {408, 425, 429}
 
@@ -107,7 +104,6 @@ class Fetcher:
         self.settings = settings
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks]
         self.resolver = resolver or system_resolver
-        self._limiter = anyio.CapacityLimiter(32)
         self.client = httpx.AsyncClient(
             transport=transport,
             follow_redirects=False,
@@ -219,16 +215,6 @@ class Fetcher:
             digest = hashlib.sha256()
             size = 0
             head = b""
-            pending: list[bytes] = []
-            pending_bytes = 0
-
-            def flush(chunks: list[bytes]) -> None:
-                # hashlib and file writes release the GIL: off the event loop they run
-                # beside it instead of stalling intake and the other downloads.
-                for piece in chunks:
-                    digest.update(piece)
-                    spool.write(piece)
-
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > cap:
@@ -239,13 +225,8 @@ class Fetcher:
                     head += chunk[: SNIFF_BYTES - len(head)]
                     if len(head) >= SNIFF_BYTES and sniff_image(head) is None:
                         raise self._not_image(url, response)
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= FLUSH_BYTES:
-                    await anyio.to_thread.run_sync(flush, pending, limiter=self._limiter)
-                    pending, pending_bytes = [], 0
-            if pending:
-                flush(pending)
+                digest.update(chunk)
+                spool.write(chunk)
             return self._finish(spool, head, size, digest.hexdigest(), url, response)
         except BaseException:
             spool.close()
