@@ -134,6 +134,32 @@ def signer(task: SimTask, body: bytes, style: str) -> Callable[[], dict[str, str
     return headers
 
 
+def start_task(
+    sim: Simulator,
+    provider: str,
+    model: str,
+    params: dict[str, Any],
+    counter: dict[str, int],
+    body_of: Callable[[Simulator, SimTask], dict[str, Any]],
+) -> SimTask:
+    """Accept a BFL-style task and schedule its signed callback; the two signature forms
+    alternate from task to task unless the prompt pins one."""
+    task = sim.new_task(provider, dict(params), prefix=provider[:3])
+    task.extra["model"] = model
+    task.webhook_url = params.get("webhook_url")
+    task.webhook_secret = params.get("webhook_secret")
+    style = str(task.faults.get("signature", "hmac" if counter["n"] % 2 == 0 else "echo"))
+    task.extra["signature"] = style
+    counter["n"] += 1
+
+    async def send(t: SimTask) -> None:
+        body = json.dumps(body_of(sim, t)).encode()
+        await sim.deliver(t, t.webhook_url or "", body, signer(t, body, style))
+
+    sim.schedule(task, lambda t: sim.complete(t, 1), send)
+    return task
+
+
 def check_common(params: dict[str, Any], kontext: bool) -> JSONResponse | None:
     """The checks BFL's API itself makes (the receiver should have caught them first)."""
     if not isinstance(params.get("prompt"), str) or not params["prompt"]:
@@ -205,19 +231,7 @@ def routes(sim: Simulator) -> list[Route]:
                 if refused.status_code != 429:
                     sim.rejected += 1
                 return refused
-            task = sim.new_task("bfl", dict(params), prefix="bfl")
-            task.extra["model"] = model
-            task.webhook_url = params.get("webhook_url")
-            task.webhook_secret = params.get("webhook_secret")
-            style = str(task.faults.get("signature", "hmac" if counter["n"] % 2 == 0 else "echo"))
-            task.extra["signature"] = style
-            counter["n"] += 1
-
-            async def send(t: SimTask) -> None:
-                body = json.dumps(webhook_body(sim, t)).encode()
-                await sim.deliver(t, t.webhook_url or "", body, signer(t, body, style))
-
-            sim.schedule(task, lambda t: sim.complete(t, 1), send)
+            task = start_task(sim, "bfl", model, params, counter, webhook_body)
             return JSONResponse(
                 {"id": task.id, "polling_url": f"{sim.public_url}/v1/get_result?id={task.id}"}
             )

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .bfl import check_common, rate_limiter, sample_url, signer
+from .bfl import check_common, rate_limiter, sample_url, start_task
 from .core import SimTask, Simulator
 
 # USD per image, for usage.cost
@@ -100,19 +100,7 @@ def routes(sim: Simulator) -> list[Route]:
         if invalid is not None:
             sim.rejected += 1
             return _error(400, json.loads(bytes(invalid.body))["detail"][0]["msg"])
-        task = sim.new_task("vtrix", dict(params), prefix="vtx")
-        task.extra["model"] = model
-        task.webhook_url = params.get("webhook_url")
-        task.webhook_secret = params.get("webhook_secret")
-        style = str(task.faults.get("signature", "hmac" if counter["n"] % 2 == 0 else "echo"))
-        task.extra["signature"] = style
-        counter["n"] += 1
-
-        async def send(t: SimTask) -> None:
-            body = json.dumps(task_body(sim, t)).encode()
-            await sim.deliver(t, t.webhook_url or "", body, signer(t, body, style))
-
-        sim.schedule(task, lambda t: sim.complete(t, 1), send)
+        task = start_task(sim, "vtrix", str(model), params, counter, task_body)
         return JSONResponse(task_body(sim, task))
 
     async def get_task(request: Request) -> Response:
