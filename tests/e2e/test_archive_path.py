@@ -261,36 +261,51 @@ def test_image_over_the_size_cap_fails_with_a_clear_reason(make_stack: Any) -> N
     assert "200000" in task["failure"]["message"]
 
 
-def test_kill_9_during_an_archive_job_loses_nothing(tmp_path: Path) -> None:
-    """The server dies mid-download; after a restart the job is claimed again and archived."""
+def slow_downloads(tmp_path: Path, slow: float, **config: Any) -> tuple[Proc, str, str, Path]:
+    """A simulator subprocess serving each result over ``slow`` seconds, and a configuration
+    for servers on a free port: (simulator, its URL, the server's base URL, config path)."""
     sim_port, port = free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
     sim = Proc(
-        ["simulate", "--port", str(sim_port), "--delay", "0.1", "--slow-download", "4"],
+        ["simulate", "--port", str(sim_port), "--delay", "0.1", "--slow-download", str(slow)],
         tmp_path / "sim.log",
     )
     conf = base_config(
         tmp_path,
         public_url=f"http://127.0.0.1:{port}",
-        providers={"simulated": {"base_url": f"http://127.0.0.1:{sim_port}"}},
+        providers={"simulated": {"base_url": sim_url}},
+        **config,
+    )
+    return sim, sim_url, f"http://127.0.0.1:{port}", write_config(tmp_path, conf)
+
+
+def wait_downloads(sim_url: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{sim_url}/_sim/state").json()["downloads"] < count:
+        assert time.monotonic() < deadline, "downloads never started"
+        time.sleep(0.05)
+
+
+def test_kill_9_during_an_archive_job_loses_nothing(tmp_path: Path) -> None:
+    """The server dies mid-download; after a restart the job is claimed again and archived."""
+    sim, sim_url, base, path = slow_downloads(
+        tmp_path,
+        4,
         worker={"lease_seconds": 2.0, "poll_interval": 0.1, "reconcile_interval": 0.5},
     )
-    path = write_config(tmp_path, conf)
-    base = f"http://127.0.0.1:{port}"
-    server = Proc(["serve", "--port", str(port), "--config", str(path)], tmp_path / "s1.log")
-    again = Proc(["serve", "--port", str(port), "--config", str(path)], tmp_path / "s2.log")
+    port = base.rsplit(":", 1)[1]
+    server = Proc(["serve", "--port", port, "--config", str(path)], tmp_path / "s1.log")
+    again = Proc(["serve", "--port", port, "--config", str(path)], tmp_path / "s2.log")
     try:
         sim.start()
         server.start()
-        wait_http(f"http://127.0.0.1:{sim_port}/_sim/state", proc=sim.proc)
+        wait_http(f"{sim_url}/_sim/state", proc=sim.proc)
         wait_http(f"{base}/healthz", proc=server.proc)
         ids = [
             submit(base, {"provider": "simulated", "prompt": f"slow {i}"}).json()["id"]
             for i in range(3)
         ]
-        deadline = time.monotonic() + 20
-        while httpx.get(f"http://127.0.0.1:{sim_port}/_sim/state").json()["downloads"] < 3:
-            assert time.monotonic() < deadline, "downloads never started"
-            time.sleep(0.05)
+        wait_downloads(sim_url, 3)
         statuses = {t["status"] for t in wait_tasks(base, ids, 5, ("completed",))}
         assert statuses == {"completed"}  # jobs in flight, nothing archived yet
         server.kill9()
@@ -301,7 +316,7 @@ def test_kill_9_during_an_archive_job_loses_nothing(tmp_path: Path) -> None:
         pngs = list((tmp_path / "archive").rglob("*.png"))
         sidecars = list((tmp_path / "archive").rglob("*.png.json"))
         assert len(pngs) == 3 and len(sidecars) == 3
-        state = httpx.get(f"http://127.0.0.1:{sim_port}/_sim/state").json()["tasks"]
+        state = httpx.get(f"{sim_url}/_sim/state").json()["tasks"]
         for task in tasks:
             [obj] = task["objects"]
             assert obj["sha256"] == state[task["provider_task_id"]]["sha256"][0]
@@ -342,22 +357,15 @@ def test_sigterm_gives_back_unfinished_jobs_to_a_worker(tmp_path: Path) -> None:
     """`receiver serve` takes callbacks, `receiver worker` archives; SIGTERM to the worker in
     the middle of slow downloads gives the jobs back at once (the lease is 120 s, so only the
     give-back explains a second worker finishing them within the test's 40 s)."""
-    sim_port, port = free_port(), free_port()
-    sim = Proc(
-        ["simulate", "--port", str(sim_port), "--delay", "0.1", "--slow-download", "6"],
-        tmp_path / "sim.log",
-    )
-    conf = base_config(
+    sim, sim_url, base, path = slow_downloads(
         tmp_path,
-        public_url=f"http://127.0.0.1:{port}",
-        providers={"simulated": {"base_url": f"http://127.0.0.1:{sim_port}"}},
+        6,
         worker={"lease_seconds": 120.0, "shutdown_grace_seconds": 0.5, "poll_interval": 0.1},
         log_level="info",
     )
-    path = write_config(tmp_path, conf)
-    base = f"http://127.0.0.1:{port}"
+    port = base.rsplit(":", 1)[1]
     server = Proc(
-        ["serve", "--no-worker", "--port", str(port), "--config", str(path)], tmp_path / "s.log"
+        ["serve", "--no-worker", "--port", port, "--config", str(path)], tmp_path / "s.log"
     )
     first = Proc(["worker", "--config", str(path)], tmp_path / "w1.log")
     second = Proc(["worker", "--config", str(path)], tmp_path / "w2.log")
@@ -365,16 +373,13 @@ def test_sigterm_gives_back_unfinished_jobs_to_a_worker(tmp_path: Path) -> None:
         sim.start()
         server.start()
         first.start()
-        wait_http(f"http://127.0.0.1:{sim_port}/_sim/state", proc=sim.proc)
+        wait_http(f"{sim_url}/_sim/state", proc=sim.proc)
         wait_http(f"{base}/healthz", proc=server.proc)
         ids = [
             submit(base, {"provider": "simulated", "prompt": f"slow {i}"}).json()["id"]
             for i in range(2)
         ]
-        deadline = time.monotonic() + 20
-        while httpx.get(f"http://127.0.0.1:{sim_port}/_sim/state").json()["downloads"] < 2:
-            assert time.monotonic() < deadline, "downloads never started"
-            time.sleep(0.05)
+        wait_downloads(sim_url, 2)
         first.stop()  # SIGTERM
         assert "gave back 2 unfinished jobs" in first.output(), first.output()[-2000:]
         second.start()
