@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from receiver.demo import free_port as free_port  # re-exported for the bench modules
 from receiver.signatures import hook_token, standard_sign, task_secrets
 
 SECRET = "bench-secret-key-0123456789abcdef"
@@ -31,12 +31,6 @@ S3_KEY_ID = "bench"
 S3_SECRET = "bench-secret"
 S3_REGION = "us-east-1"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def median(values: Sequence[float]) -> float:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from receiver import backoff
+from receiver.demo import free_port
 
 # Summary lines tests want in CI's output (the chaos test's counts), printed after the run.
 SUMMARIES: list[str] = []
@@ -21,12 +21,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 PG_ADMIN_DSN = os.environ.get("RECEIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

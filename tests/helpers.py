@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,10 @@ from typing import Any
 
 import httpx
 
+from receiver.demo import free_port as free_port  # re-exported for the tests
+
 API_KEY = "test-api-key-0123456789"
 SECRET = "test-secret-key-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml_value(value: Any) -> str:

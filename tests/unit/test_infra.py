@@ -14,7 +14,6 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from receiver.config import (
     WorkerSettings,
     load_settings,
 )
+from receiver.demo import free_port
 from receiver.providers import REGISTRY
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read compose and k8s files")
@@ -52,12 +52,6 @@ PLACEHOLDER_SECRET = "placeholder-secret-value-0123456789"
 
 
 # --- shared helpers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_routes() -> set[str]:
