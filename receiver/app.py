@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,14 +16,12 @@ from starlette.routing import Route
 
 from .api import events, hooks, openapi, ops, tasks
 from .api.common import error_json, from_error
+from .background import Background
 from .config import Settings
 from .errors import ReceiverError
-from .notify import Notifier
-from .reconciler import Reconciler
 from .runtime import Runtime
-from .worker import Worker
 
-log = logging.getLogger("receiver.app")
+log = logging.getLogger(__name__)
 
 
 def routes() -> list[Route]:
@@ -43,32 +39,6 @@ def routes() -> list[Route]:
         Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
     ]
-
-
-class Background:
-    """Worker and reconciler loops, started and stopped with the app (or alone)."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.worker = Worker(runtime)
-        self.reconciler = Reconciler(runtime)
-        self.notifier = Notifier(runtime)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.worker.run(), name="worker"),
-            asyncio.create_task(self.reconciler.run(), name="reconciler"),
-            asyncio.create_task(self.notifier.run(), name="notifier"),
-        ]
-
-    async def stop(self) -> None:
-        self.worker.stop()
-        self.reconciler.stop()
-        self.notifier.stop()
-        results: list[Any] = await asyncio.gather(*self._tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                log.error("background loop ended with %r", result)
 
 
 async def _receiver_error(request: Request, exc: Exception) -> Response:

@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import log
-    from .app import Background
+    from .background import Background
     from .runtime import Runtime
 
     settings = _settings(args)
