@@ -1,0 +1,133 @@
+"""Callback intake: verify, parse, de-duplicate and record a provider's delivery.
+
+The HTTP handlers in ``api/hooks.py`` only read the request and answer; everything a delivery
+means happens here, so it runs the same under a test as behind uvicorn. Nothing is announced
+from here: the ledger wakes workers, event streams and the notifier once it has committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from . import metrics
+from .errors import BadRequest, NotFound, ReceiverError, SignatureError
+from .models import NewTask, Task
+from .providers import Callback, Provider
+from .runtime import Runtime
+from .signatures import task_secrets, verify_hook_token
+
+log = logging.getLogger(__name__)
+
+# Reads the request body, refusing one larger than the given cap (PayloadTooLarge).
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a committed delivery did: ``duplicate`` means it had been recorded before."""
+
+    status: Literal["accepted", "duplicate"]
+    task_id: str
+
+
+@contextlib.contextmanager
+def _counted(provider: str) -> Iterator[None]:
+    """Count a refused delivery by its error code (the provider's name is a known one)."""
+    try:
+        yield
+    except SignatureError as exc:
+        metrics.VERIFY_FAILURES.labels(provider, exc.cause).inc()
+        metrics.DELIVERIES.labels(provider, "refused").inc()
+        log.info("callback refused: %s", exc.message, extra={"provider": provider})
+        raise
+    except ReceiverError as exc:
+        metrics.DELIVERIES.labels(provider, exc.code).inc()
+        log.info("callback not accepted: %s", exc.message, extra={"provider": provider})
+        raise
+
+
+def _delivery_key(callback: Callback, body: bytes) -> str:
+    return callback.delivery_key or "body:" + hashlib.sha256(body).hexdigest()
+
+
+async def _record(
+    rt: Runtime, provider: Provider, task_id: str, callback: Callback, body: bytes
+) -> Accepted:
+    result = await rt.ledger.record_outcome(
+        task_id,
+        callback.outcome,
+        provider=provider.name,
+        delivery_key=_delivery_key(callback, body),
+        deadline=provider.deadline_for(callback.outcome, time.time()),
+    )
+    if result.task is None:
+        raise NotFound("no such task")
+    status: Literal["accepted", "duplicate"] = "duplicate" if result.duplicate else "accepted"
+    metrics.DELIVERIES.labels(provider.name, status).inc()
+    return Accepted(status, task_id)
+
+
+async def accept_callback(
+    rt: Runtime, provider_name: str, token: str, headers: Mapping[str, str], read: BodyReader
+) -> Accepted:
+    """A callback for a task we submitted: the URL token names the task, the provider's own
+    signature (where it signs) is checked with that task's secrets, then the outcome is
+    recorded. Returns only once the ledger has committed it."""
+    provider = rt.provider(provider_name)  # an unknown name is 404 and not counted
+    with _counted(provider.name):
+        task_id = verify_hook_token(rt.settings.secret_keys, token, provider.name)
+        body = await read(rt.settings.server.max_body_bytes)
+        secrets = task_secrets(rt.settings.secret_keys, task_id, provider.secret_format)
+        await provider.verify_callback(headers, body, secrets)
+        callback = provider.parse_callback(headers, body)
+        accepted = await _record(rt, provider, task_id, callback, body)
+    log.info(
+        "callback %s (%s)",
+        accepted.status,
+        callback.outcome.status.value,
+        extra={"task_id": task_id, "provider": provider.name},
+    )
+    return accepted
+
+
+async def accept_account_webhook(
+    rt: Runtime, provider_name: str, headers: Mapping[str, str], read: BodyReader
+) -> Accepted:
+    """An account-level webhook, verified with the provider's configured secret. A task
+    submitted elsewhere is adopted, so its results are archived like our own."""
+    provider = rt.provider(provider_name)
+    with _counted(provider.name):
+        body = await read(rt.settings.server.max_body_bytes)
+        await provider.verify_account_webhook(headers, body)
+        callback = provider.parse_callback(headers, body)
+        if not callback.provider_task_id:
+            raise BadRequest("webhook names no task")
+        task = await adopt(rt, provider.name, callback)
+        return await _record(rt, provider, task.id, callback, body)
+
+
+async def adopt(rt: Runtime, provider: str, callback: Callback) -> Task:
+    """The task with this provider task id, recorded now if it was submitted elsewhere."""
+    assert callback.provider_task_id is not None
+    task = await rt.ledger.find_task(provider, callback.provider_task_id)
+    if task is not None:
+        return task
+    new = NewTask(
+        provider=provider,
+        prompt="(submitted elsewhere)",
+        destination=rt.settings.default_destination,
+        model=callback.outcome.model,
+        metadata={"source": "account_webhook"},
+        notify_url=rt.settings.notify.default_url,
+    )
+    task, _ = await rt.ledger.create_task(
+        new, idempotency_key=f"adopt:{provider}:{callback.provider_task_id}"
+    )
+    await rt.ledger.mark_submitted(task.id, callback.provider_task_id, next_poll_at=None)
+    return task
