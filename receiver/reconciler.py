@@ -94,7 +94,7 @@ class Reconciler:
                 await ledger.schedule_poll(task.id, self._next(task))
             return
         metrics.POLLS.labels(task.provider, outcome.status.value).inc()
-        result = await ledger.record_outcome(
+        await ledger.record_outcome(
             task.id,
             outcome,
             provider=task.provider,
@@ -102,8 +102,6 @@ class Reconciler:
             deadline=provider.deadline_for(outcome),
         )
         await ledger.schedule_poll(task.id, None)
-        if result.job_enqueued:
-            self.rt.changes.notify("jobs")
         log.info(
             "poll found the task %s",
             outcome.status.value,

@@ -114,8 +114,6 @@ async def submit(rt: Runtime, task: Task) -> Task:
             delivery_key=f"sync:{task.id}",
             deadline=provider.deadline_for(submission.outcome),
         )
-        if result.job_enqueued:
-            rt.changes.notify("jobs")
         updated = result.task or updated
     log.info("submitted", extra={**extra, "status": updated.status.value})
     return updated

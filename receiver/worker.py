@@ -145,7 +145,6 @@ class Worker:
         if done is None:
             log.info("lease lost before finishing; another worker owns the job", extra=extra)
             return
-        self._changed(task.id)
         metrics.JOB_OUTCOMES.labels("archived").inc()
         if task.completed_at:
             metrics.ARCHIVE_LATENCY.observe(max(0.0, time.time() - task.completed_at))
@@ -173,11 +172,6 @@ class Worker:
             extra={"task_id": task.id, "provider": task.provider, "reason": reason.value},
         )
         await self.rt.ledger.fail_job(job.id, self.rt.owner, reason, message)
-        self._changed(task.id)
-
-    def _changed(self, task_id: str) -> None:
-        self.rt.changes.notify(f"task:{task_id}")
-        self.rt.changes.notify("notify")
 
     async def _retry_or_fail(self, job: Job, reason: Reason, message: str) -> None:
         delay = backoff.delay(

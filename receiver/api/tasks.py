@@ -144,7 +144,6 @@ async def replay_task(request: Request) -> Response:
         if outcome.status is not OutcomeStatus.SUCCEEDED:
             raise Conflict(f"the provider reports the task {outcome.status.value}")
         task = await rt.ledger.requeue_task(task_id, outcome, provider.deadline_for(outcome))
-        rt.changes.notify("jobs")
     except ReceiverError as exc:
         return from_error(exc)
     return JSONResponse(task.public(), status_code=202)
@@ -159,7 +158,6 @@ async def redeliver_task(request: Request) -> Response:
         note = await rt.ledger.redeliver(task_id)
         if note is None:
             raise Conflict("the task has not ended or has no notify_url")
-        rt.changes.notify("notify")
     except ReceiverError as exc:
         return from_error(exc)
     return JSONResponse({"event_id": note.id, "url": note.url}, status_code=202)

@@ -203,7 +203,9 @@ class Ledger(ABC):
     # --- cross-replica wake-ups -----------------------------------------------------------------
 
     async def listen(self, listener: Listener) -> None:
-        """Call ``listener(channel)`` when another process changes state: ``"jobs"`` when a job
-        is enqueued, ``"task:<id>"`` when a task changes. In-process backends call it directly;
-        PostgreSQL uses LISTEN/NOTIFY. The default does nothing (callers also poll)."""
+        """Call ``listener(channel)`` after each commit that changes state: ``"jobs"`` when a
+        job is enqueued or given back, ``"task:<id>"`` when a task changes, ``"notify"`` when a
+        notification is enqueued. The ledger is the only announcer (callers never wake anyone):
+        this process hears before the committing call returns; PostgreSQL also tells other
+        replicas through LISTEN/NOTIFY. The default does nothing (loops also poll)."""
         return None

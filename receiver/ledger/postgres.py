@@ -27,7 +27,7 @@ from .base import Listener
 from .sql import SqlLedger, Tx, migrations
 
 T = TypeVar("T")
-log = logging.getLogger("receiver.ledger")
+log = logging.getLogger(__name__)
 CHANNEL = "receiver"
 MIGRATION_LOCK = 0x7265636569766572  # "receiver"
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
@@ -107,7 +107,7 @@ class PostgresLedger(SqlLedger):
         await self._tx(lambda tx: tx.raw("SELECT 1 AS ok", {}), write=False)
 
     async def _tx(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
-        def run() -> T:
+        def run() -> tuple[T, set[str]]:
             pool = self._pool
             if pool is None:
                 raise LedgerUnavailable("the ledger is not open")
@@ -118,14 +118,18 @@ class PostgresLedger(SqlLedger):
                         result = fn(tx)
                         for channel in sorted(tx.channels):
                             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, channel))
-                        return result
+                        return result, tx.channels
                 except RETRYABLE:
                     if attempt == 4:
                         raise
                     time.sleep(0.01 * (attempt + 1))
             raise AssertionError("unreachable")
 
-        return await self._thread(run)
+        result, channels = await self._thread(run)
+        # This process hears at once; other replicas hear through LISTEN (so may this one,
+        # a second time: a wake-up is idempotent).
+        await self._wake(channels)
+        return result
 
     async def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)

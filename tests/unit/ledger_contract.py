@@ -321,16 +321,36 @@ class LedgerContract:
         )
         assert not res.duplicate
 
-    async def test_listeners_hear_jobs_and_task_changes(self, ledger: Ledger) -> None:
+    async def test_listeners_hear_every_change_before_the_call_returns(
+        self, ledger: Ledger
+    ) -> None:
+        """The ledger is the one announcer: callers never wake anyone themselves, so each
+        change must be heard in this process by the time the committing call returns."""
         heard: list[str] = []
         await ledger.listen(heard.append)
-        task, _ = await ledger.create_task(new())
+        task, _ = await ledger.create_task(new(notify_url="http://app.example/hook"))
+        assert f"task:{task.id}" in heard
+        heard.clear()
         await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
-        for _ in range(100):
-            if "jobs" in heard and f"task:{task.id}" in heard:
-                break
-            await asyncio.sleep(0.02)
-        assert "jobs" in heard and f"task:{task.id}" in heard
+        assert {"jobs", f"task:{task.id}"} <= set(heard)
+        heard.clear()
+        (job,) = await ledger.claim_jobs("w1", 5, 30)
+        await ledger.retry_job(job.id, "w1", "again", 0)
+        assert "jobs" in heard
+        heard.clear()
+        (job,) = await ledger.claim_jobs("w1", 5, 30)
+        await ledger.finish_job(job.id, "w1", [])
+        assert {f"task:{task.id}", "notify"} <= set(heard)
+        heard.clear()
+        assert await ledger.redeliver(task.id) is not None
+        assert "notify" in heard
+        heard.clear()
+        await ledger.requeue_task(task.id, OK, None)
+        assert {"jobs", f"task:{task.id}"} <= set(heard)
+        other, _ = await ledger.create_task(new(notify_url="http://app.example/hook"))
+        heard.clear()
+        await ledger.fail_task(other.id, Reason.PROVIDER_ERROR, "no")
+        assert {f"task:{other.id}", "notify"} <= set(heard)
 
     async def test_ping(self, ledger: Ledger) -> None:
         await ledger.ping()
