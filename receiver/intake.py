@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -64,7 +63,7 @@ async def _record(
         callback.outcome,
         provider=provider.name,
         delivery_key=_delivery_key(callback, body),
-        deadline=provider.deadline_for(callback.outcome, time.time()),
+        deadline=provider.deadline_for(callback.outcome, rt.clock.now()),
     )
     if result.task is None:
         raise NotFound("no such task")

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from .models import Notification, Task
 from .runtime import Runtime
 from .signatures import standard_sign
 
-log = logging.getLogger("receiver.notify")
+log = logging.getLogger(__name__)
 
 
 async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> dict[str, Any]:
@@ -49,7 +48,7 @@ async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> d
         )
     data = task.public()
     data["objects"] = objects
-    return {"id": event_id, "type": event, "timestamp": int(time.time()), "data": data}
+    return {"id": event_id, "type": event, "timestamp": int(rt.clock.now()), "data": data}
 
 
 class Notifier:
@@ -60,7 +59,7 @@ class Notifier:
         self.http = httpx.AsyncClient(
             timeout=self.conf.timeout,
             follow_redirects=False,
-            transport=transport,
+            transport=transport or runtime.notify_transport,
             headers={"user-agent": "receiver-notify"},
         )
 
@@ -101,7 +100,7 @@ class Notifier:
             await ledger.finish_notification(note.id, self.rt.owner)
             log.info("notified", extra={"task_id": task.id, "event": note.event})
             return True
-        give_up = time.time() - note.created_at > self.conf.retry_hours * 3600
+        give_up = self.rt.clock.now() - note.created_at > self.conf.retry_hours * 3600
         delay = backoff.delay(
             note.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
         )
@@ -121,7 +120,7 @@ class Notifier:
             return "notify.secret is not configured"
         payload = await build_payload(self.rt, task, note.event, note.id)
         body = json.dumps(payload, separators=(",", ":")).encode()
-        ts = int(time.time())
+        ts = int(self.rt.clock.now())
         headers = {
             "content-type": "application/json",
             "webhook-id": note.id,

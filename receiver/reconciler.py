@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from . import backoff, metrics
 from .errors import LedgerUnavailable, NotFound, ProviderError, ReceiverError
 from .models import Reason, Task
 from .runtime import Runtime
 
-log = logging.getLogger("receiver.reconciler")
+log = logging.getLogger(__name__)
 
 # Stop polling a task that is still pending after this long and fail it.
 GIVE_UP_SECONDS = 24 * 3600.0
@@ -52,7 +51,7 @@ class Reconciler:
         depth, age = await ledger.queue_stats()
         metrics.QUEUE_DEPTH.set(depth)
         metrics.OLDEST_JOB_AGE.set(age)
-        now = time.time()
+        now = self.rt.clock.now()
         if now - self._last_purge > 3600:
             retention = self.rt.settings.worker.delivery_retention_days * 86400
             await ledger.purge_deliveries(now - retention)
@@ -88,7 +87,7 @@ class Reconciler:
             return
         if not outcome.final:
             metrics.POLLS.labels(task.provider, "pending").inc()
-            if time.time() - task.created_at > GIVE_UP_SECONDS:
+            if self.rt.clock.now() - task.created_at > GIVE_UP_SECONDS:
                 await ledger.fail_task(task.id, Reason.PROVIDER_ERROR, "no result after 24 hours")
             else:
                 await ledger.schedule_poll(task.id, self._next(task))
@@ -99,7 +98,7 @@ class Reconciler:
             outcome,
             provider=task.provider,
             delivery_key=f"poll:{task.id}",
-            deadline=provider.deadline_for(outcome),
+            deadline=provider.deadline_for(outcome, self.rt.clock.now()),
         )
         await ledger.schedule_poll(task.id, None)
         log.info(
@@ -126,4 +125,4 @@ class Reconciler:
     def _next(self, task: Task) -> float:
         conf = self.rt.settings.provider(task.provider)
         base = conf.poll_interval or 2.0
-        return time.time() + max(base, backoff.delay(task.poll_attempts + 1, base, 60.0))
+        return self.rt.clock.now() + max(base, backoff.delay(task.poll_attempts + 1, base, 60.0))

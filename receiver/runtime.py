@@ -1,7 +1,9 @@
 """The long-lived parts one process shares: ledger, destinations, providers, fetcher.
 
 Built from :class:`~receiver.config.Settings`; the HTTP app, the worker, the reconciler and the
-CLI all take a Runtime, so tests can hand in fakes (an in-memory ledger, MockTransport).
+CLI all take a Runtime. Its seams (ledger, destinations, the providers', fetcher's and
+notifier's transports, the fetcher's resolver, the clock) are where :mod:`receiver.testing`
+hands in its in-memory fakes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -18,11 +22,11 @@ import httpx
 from .config import Settings
 from .destinations import Destination, build_destination
 from .errors import NotFound
-from .fetch import Fetcher
+from .fetch import Fetcher, Resolver
 from .ledger import Ledger, open_ledger
 from .providers import Provider, build_provider
 
-log = logging.getLogger("receiver.runtime")
+log = logging.getLogger(__name__)
 
 
 class Changes:
@@ -47,23 +51,42 @@ class Changes:
             event.set()
 
 
+class Clock:
+    """Wall-clock time and waiting, as the core path sees them. Tests use
+    :class:`receiver.testing.FakeClock`, whose time moves only when the test says so."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class Runtime:
     def __init__(
         self,
         settings: Settings,
         *,
         ledger: Ledger | None = None,
+        destinations: dict[str, Destination] | None = None,
         provider_transport: httpx.AsyncBaseTransport | None = None,
         fetch_transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver | None = None,
+        notify_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger or open_ledger(settings.ledger_url)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.changes = Changes()
-        self.destinations: dict[str, Destination] = {
-            name: build_destination(name, conf) for name, conf in settings.destinations.items()
-        }
-        self.fetcher = Fetcher(settings.fetch, transport=fetch_transport)
+        self.clock = clock or Clock()
+        if destinations is None:
+            destinations = {
+                name: build_destination(name, conf) for name, conf in settings.destinations.items()
+            }
+        self.destinations = destinations
+        self.fetcher = Fetcher(settings.fetch, transport=fetch_transport, resolver=resolver)
+        self.notify_transport = notify_transport
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0),
             transport=provider_transport,
@@ -75,6 +98,18 @@ class Runtime:
     async def open(self) -> None:
         await self.ledger.open()
         await self.ledger.listen(self._on_ledger_change)
+
+    async def __aenter__(self) -> Runtime:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def _on_ledger_change(self, channel: str) -> None:
         self.changes.notify(channel)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +14,7 @@ from .providers import CallbackTarget
 from .runtime import Runtime
 from .signatures import hook_token, task_secrets
 
-log = logging.getLogger("receiver.submit")
+log = logging.getLogger(__name__)
 
 
 class TaskRequest(BaseModel):
@@ -100,9 +99,9 @@ async def submit(rt: Runtime, task: Task) -> Task:
         first_poll = None
     elif provider.delivers_callbacks:
         grace = conf.callback_grace_seconds
-        first_poll = time.time() + (grace if grace is not None else provider.callback_grace)
+        first_poll = rt.clock.now() + (grace if grace is not None else provider.callback_grace)
     else:
-        first_poll = time.time() + (conf.poll_interval or 2.0)
+        first_poll = rt.clock.now() + (conf.poll_interval or 2.0)
     updated = await rt.ledger.mark_submitted(
         task.id, submission.provider_task_id, next_poll_at=first_poll
     )
@@ -112,7 +111,7 @@ async def submit(rt: Runtime, task: Task) -> Task:
             submission.outcome,
             provider=task.provider,
             delivery_key=f"sync:{task.id}",
-            deadline=provider.deadline_for(submission.outcome),
+            deadline=provider.deadline_for(submission.outcome, rt.clock.now()),
         )
         updated = result.task or updated
     log.info("submitted", extra={**extra, "status": updated.status.value})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from . import backoff, metrics, sidecar
 from .errors import (
@@ -27,7 +26,7 @@ from .fetch import Fetched
 from .models import Job, Outcome, OutcomeStatus, Reason, StoredObject, Task
 from .runtime import Runtime
 
-log = logging.getLogger("receiver.worker")
+log = logging.getLogger(__name__)
 
 
 class Worker:
@@ -104,7 +103,7 @@ class Worker:
     async def _heartbeat(self, job: Job) -> None:
         interval = max(0.2, self.conf.lease_seconds / 3)
         while True:
-            await asyncio.sleep(interval)
+            await self.rt.clock.sleep(interval)
             with contextlib.suppress(ReceiverError):
                 await self.rt.ledger.extend_lease(job.id, self.rt.owner, self.conf.lease_seconds)
 
@@ -147,7 +146,7 @@ class Worker:
             return
         metrics.JOB_OUTCOMES.labels("archived").inc()
         if task.completed_at:
-            metrics.ARCHIVE_LATENCY.observe(max(0.0, time.time() - task.completed_at))
+            metrics.ARCHIVE_LATENCY.observe(max(0.0, self.rt.clock.now() - task.completed_at))
         log.info("archived %d images", len(objects), extra={**extra, "status": "archived"})
 
     async def _refresh(self, task: Task) -> Outcome | None:
@@ -177,7 +176,7 @@ class Worker:
         delay = backoff.delay(
             job.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
         )
-        now = time.time()
+        now = self.rt.clock.now()
         if job.deadline is not None and now + delay >= job.deadline:
             final = Reason.EXPIRED if reason is Reason.FETCH_FAILED else reason
             task = await self.rt.ledger.get_task(job.task_id)
@@ -223,7 +222,7 @@ class Worker:
                     width=fetched.width,
                     height=fetched.height,
                     source_url=fetched.source_url,
-                    archived_at=time.time(),
+                    archived_at=self.rt.clock.now(),
                     default_model=provider_model,
                 )
                 side_key = sidecar.sidecar_key(key)

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import NotFound, ReceiverError
-from .common import from_error, runtime
+from ..errors import NotFound
+from .common import runtime
 from .tasks import require_task_access
 
 POLL_SECONDS = 1.0
@@ -24,15 +24,13 @@ KEEPALIVE_SECONDS = 15.0
 async def task_events(request: Request) -> Response:
     rt = runtime(request)
     task_id = request.path_params["task_id"]
+    require_task_access(request, task_id)
+    if await rt.ledger.get_task(task_id) is None:
+        raise NotFound("no such task")
     try:
-        require_task_access(request, task_id)
-        if await rt.ledger.get_task(task_id) is None:
-            raise NotFound("no such task")
         after = int(request.headers.get("last-event-id") or 0)
     except ValueError:
         after = 0
-    except ReceiverError as exc:
-        return from_error(exc)
 
     async def stream() -> AsyncIterator[str]:
         nonlocal after

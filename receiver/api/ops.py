@@ -6,7 +6,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import ReceiverError
 from .common import error_json, runtime
 
 
@@ -18,10 +17,7 @@ async def readyz(request: Request) -> Response:
     rt = runtime(request)
     if getattr(request.app.state, "draining", False):
         return error_json(503, "draining", "shutting down")
-    try:
-        await rt.ledger.ping()
-    except ReceiverError as exc:
-        return error_json(503, "ledger_unavailable", exc.message or "ledger unreachable")
+    await rt.ledger.ping()  # LedgerUnavailable is answered 503 by the app
     return JSONResponse({"status": "ready"})
 
 

@@ -8,11 +8,11 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import Conflict, NotFound, ReceiverError, Unauthorized, ValidationFailed
+from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..models import OutcomeStatus, Status
 from ..signatures import access_token, verify_access_token
 from ..submit import TaskRequest, create_and_submit
-from .common import from_error, parse_object, read_body, runtime
+from .common import parse_object, read_body, runtime
 
 
 def _bearer(request: Request) -> str | None:
@@ -60,21 +60,18 @@ def _with_token(request: Request, data: dict[str, object], task_id: str) -> dict
 
 async def create_task(request: Request) -> Response:
     rt = runtime(request)
+    require_api_key(request)
+    body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
     try:
-        require_api_key(request)
-        body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
-        try:
-            req = TaskRequest.model_validate(body)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            raise ValidationFailed(field, err["msg"]) from None
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 1 <= len(key) <= 200:
-            raise ValidationFailed("Idempotency-Key", "must be 1 to 200 characters")
-        task, created = await create_and_submit(rt, req, key)
-    except ReceiverError as exc:
-        return from_error(exc)
+        req = TaskRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise ValidationFailed(field, err["msg"]) from None
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed("Idempotency-Key", "must be 1 to 200 characters")
+    task, created = await create_and_submit(rt, req, key)
     return JSONResponse(
         _with_token(request, task.public(), task.id), status_code=202 if created else 200
     )
@@ -83,45 +80,35 @@ async def create_task(request: Request) -> Response:
 async def get_task(request: Request) -> Response:
     rt = runtime(request)
     task_id = request.path_params["task_id"]
-    try:
-        require_task_access(request, task_id)
-        task = await rt.ledger.get_task(task_id)
-        if task is None:
-            raise NotFound("no such task")
-    except ReceiverError as exc:
-        return from_error(exc)
+    require_task_access(request, task_id)
+    task = await rt.ledger.get_task(task_id)
+    if task is None:
+        raise NotFound("no such task")
     return JSONResponse(task.public())
 
 
 async def list_tasks(request: Request) -> Response:
     rt = runtime(request)
     q = request.query_params
+    require_api_key(request)
     try:
-        require_api_key(request)
-        try:
-            status = Status(q["status"]) if q.get("status") else None
-        except ValueError:
-            raise ValidationFailed(
-                "status", f"must be one of {[s.value for s in Status]}"
-            ) from None
-        try:
-            limit = min(200, max(1, int(q.get("limit", "50"))))
-            after = float(q["created_after"]) if q.get("created_after") else None
-            before = float(q["created_before"]) if q.get("created_before") else None
-        except ValueError:
-            raise ValidationFailed(
-                "limit/created_after/created_before", "must be numbers"
-            ) from None
-        tasks, cursor = await rt.ledger.list_tasks(
-            status=status,
-            provider=q.get("provider"),
-            created_after=after,
-            created_before=before,
-            cursor=q.get("cursor"),
-            limit=limit,
-        )
-    except ReceiverError as exc:
-        return from_error(exc)
+        status = Status(q["status"]) if q.get("status") else None
+    except ValueError:
+        raise ValidationFailed("status", f"must be one of {[s.value for s in Status]}") from None
+    try:
+        limit = min(200, max(1, int(q.get("limit", "50"))))
+        after = float(q["created_after"]) if q.get("created_after") else None
+        before = float(q["created_before"]) if q.get("created_before") else None
+    except ValueError:
+        raise ValidationFailed("limit/created_after/created_before", "must be numbers") from None
+    tasks, cursor = await rt.ledger.list_tasks(
+        status=status,
+        provider=q.get("provider"),
+        created_after=after,
+        created_before=before,
+        cursor=q.get("cursor"),
+        limit=limit,
+    )
     return JSONResponse({"tasks": [t.public() for t in tasks], "next_cursor": cursor})
 
 
@@ -129,23 +116,21 @@ async def replay_task(request: Request) -> Response:
     """Archive again from the provider's current result (``receiver replay``)."""
     rt = runtime(request)
     task_id = request.path_params["task_id"]
-    try:
-        require_api_key(request)
-        task = await rt.ledger.get_task(task_id)
-        if task is None:
-            raise NotFound("no such task")
-        provider = rt.provider(task.provider)
-        if provider.can_poll and task.provider_task_id:
-            outcome = await provider.poll(task)
-        elif task.outcome is not None:
-            outcome = task.outcome
-        else:
-            raise Conflict("the provider cannot be asked again and no result is recorded")
-        if outcome.status is not OutcomeStatus.SUCCEEDED:
-            raise Conflict(f"the provider reports the task {outcome.status.value}")
-        task = await rt.ledger.requeue_task(task_id, outcome, provider.deadline_for(outcome))
-    except ReceiverError as exc:
-        return from_error(exc)
+    require_api_key(request)
+    task = await rt.ledger.get_task(task_id)
+    if task is None:
+        raise NotFound("no such task")
+    provider = rt.provider(task.provider)
+    if provider.can_poll and task.provider_task_id:
+        outcome = await provider.poll(task)
+    elif task.outcome is not None:
+        outcome = task.outcome
+    else:
+        raise Conflict("the provider cannot be asked again and no result is recorded")
+    if outcome.status is not OutcomeStatus.SUCCEEDED:
+        raise Conflict(f"the provider reports the task {outcome.status.value}")
+    deadline = provider.deadline_for(outcome, rt.clock.now())
+    task = await rt.ledger.requeue_task(task_id, outcome, deadline)
     return JSONResponse(task.public(), status_code=202)
 
 
@@ -153,11 +138,8 @@ async def redeliver_task(request: Request) -> Response:
     """Send the task's final notification again, as a new event (``receiver redeliver``)."""
     rt = runtime(request)
     task_id = request.path_params["task_id"]
-    try:
-        require_api_key(request)
-        note = await rt.ledger.redeliver(task_id)
-        if note is None:
-            raise Conflict("the task has not ended or has no notify_url")
-    except ReceiverError as exc:
-        return from_error(exc)
+    require_api_key(request)
+    note = await rt.ledger.redeliver(task_id)
+    if note is None:
+        raise Conflict("the task has not ended or has no notify_url")
     return JSONResponse({"event_id": note.id, "url": note.url}, status_code=202)
