@@ -10,8 +10,7 @@ import pytest
 from receiver.errors import LedgerUnavailable
 from receiver.ledger import Ledger
 from receiver.ledger.postgres import PostgresLedger
-
-from .ledger_contract import OK, LedgerContract, new
+from tests.unit.ledger_contract import OK, LedgerContract, new
 
 pytestmark = pytest.mark.anyio
 
