@@ -94,6 +94,28 @@ class NotifySettings(_Section):
         return value
 
 
+class ProvenanceSettings(_Section):
+    """What the archive records about each image's origin (sidecar ``provenance``, ``.xmp``)."""
+
+    read_c2pa: bool = True
+    max_bytes: int = Field(default=32 * MiB, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    trust_anchors: str | None = None
+    xmp_sidecar: bool = True
+
+    @field_validator("trust_anchors")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                text = Path(value).read_text(encoding="utf-8")
+            except (OSError, UnicodeError) as exc:
+                raise ValueError(f"cannot read {value!r}: {exc}") from None
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ValueError(f"{value!r} holds no PEM certificate")
+        return value
+
+
 class FilesystemDestination(_Section):
     type: Literal["filesystem"]
     path: str
@@ -165,6 +187,7 @@ class Settings(_Section):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

@@ -170,6 +170,8 @@ class Task:
                     "content_type": o.content_type,
                     "width": o.width,
                     "height": o.height,
+                    # What the image's C2PA manifest says (a badge: its "status").
+                    "provenance": (o.sidecar or {}).get("provenance"),
                 }
                 for o in self.objects
             ],

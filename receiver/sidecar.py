@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from . import __version__
 from .models import Outcome, Task
@@ -25,6 +27,10 @@ def sidecar_key(image: str) -> str:
     return f"{image}.json"
 
 
+def xmp_key(image: str) -> str:
+    return f"{image}.xmp"
+
+
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
 
@@ -42,6 +48,7 @@ def build(
     source_url: str | None,
     archived_at: float,
     default_model: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     edited = any(key.startswith(_EDIT_KEYS) and task.params.get(key) for key in task.params)
     source_type = "compositeWithTrainedAlgorithmicMedia" if edited else "trainedAlgorithmicMedia"
@@ -70,8 +77,62 @@ def build(
         "completed_at": _iso(task.completed_at),
         "archived_at": _iso(archived_at),
         "receiver_version": __version__,
+        "provenance": provenance,
     }
 
 
 def dumps(sidecar: dict[str, Any]) -> bytes:
     return json.dumps(sidecar, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+# --- XMP sidecar ---------------------------------------------------------------------------------
+# Asset-management tools read ``name.ext.xmp`` beside an image without touching its bytes. The
+# IPTC properties are those of the IPTC Photo Metadata Standard (DigitalSourceType; AISystemUsed
+# and AIPromptInformation since 2025.1); the sha256 and task id are ours, in a namespace of ours.
+NS_RECEIVER = "urn:flux-receiver:xmp:1.0/"
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(value: Any) -> str:
+    """Text an XML 1.0 parser accepts: characters it forbids are dropped, then escaped."""
+    return escape(_XML_UNSAFE.sub("", str(value)))
+
+
+def xmp(doc: dict[str, Any]) -> bytes:
+    """A small XMP packet for the image ``doc`` (a sidecar) describes."""
+    agent = " ".join(str(part) for part in (doc.get("provider"), doc.get("model")) if part)
+    attrs = {
+        "Iptc4xmpExt:DigitalSourceType": IPTC + str(doc["digital_source_type"]),
+        "xmp:CreatorTool": agent,
+        "Iptc4xmpExt:AISystemUsed": doc.get("model") or doc.get("provider"),
+        "dc:format": doc.get("content_type"),
+        "xmp:CreateDate": doc.get("completed_at") or doc.get("archived_at"),
+        "receiver:sha256": doc.get("sha256"),
+        "receiver:taskId": doc.get("task_id"),
+        "receiver:provider": doc.get("provider"),
+        "receiver:providerTaskId": doc.get("provider_task_id"),
+        "receiver:c2pa": (doc.get("provenance") or {}).get("status"),
+    }
+    attr_text = "".join(
+        f"\n    {name}={quoteattr(_XML_UNSAFE.sub('', str(value)))}"
+        for name, value in attrs.items()
+        if value is not None and value != ""
+    )
+    prompt = _xml_text(doc.get("prompt") or "")
+    return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+    xmlns:receiver="{NS_RECEIVER}"{attr_text}>
+   <dc:description>
+    <rdf:Alt><rdf:li xml:lang="x-default">{prompt}</rdf:li></rdf:Alt>
+   </dc:description>
+   <Iptc4xmpExt:AIPromptInformation>{prompt}</Iptc4xmpExt:AIPromptInformation>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="r"?>
+""".encode()

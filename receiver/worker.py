@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-from . import backoff, metrics, sidecar
+from . import backoff, metrics, provenance, sidecar
+from .destinations.base import Destination
 from .errors import (
     AlreadyExists,
     FetchError,
@@ -212,6 +213,10 @@ class Worker:
                     )
                 except AlreadyExists:
                     uri = dest.uri(key)  # an earlier attempt stored it; same task, same bytes
+                # After the image is durable, so a slow or hostile manifest cannot delay that.
+                claims = await provenance.read(
+                    fetched.file, fetched.content_type, self.rt.settings.provenance
+                )
                 doc = sidecar.build(
                     task,
                     outcome,
@@ -224,7 +229,14 @@ class Worker:
                     source_url=fetched.source_url,
                     archived_at=self.rt.clock.now(),
                     default_model=provider_model,
+                    provenance=claims,
                 )
+                if self.rt.settings.provenance.xmp_sidecar:
+                    # Before the JSON sidecar: the JSON one is written last and so still means
+                    # the image and all its sidecars are complete.
+                    await self._put_once(
+                        dest, sidecar.xmp_key(key), sidecar.xmp(doc), task.id, "application/rdf+xml"
+                    )
                 side_key = sidecar.sidecar_key(key)
                 body = sidecar.dumps(doc)
                 try:
@@ -256,6 +268,21 @@ class Worker:
             finally:
                 fetched.close()
         return objects
+
+    @staticmethod
+    async def _put_once(
+        dest: Destination, key: str, body: bytes, task_id: str, content_type: str
+    ) -> str:
+        try:
+            return await dest.put(
+                key,
+                body,
+                size=len(body),
+                content_type=content_type,
+                metadata={"task-id": task_id},
+            )
+        except AlreadyExists:
+            return dest.uri(key)
 
     async def _fetch(self, task: Task, index: int, url: str | None) -> Fetched:
         if url is None:

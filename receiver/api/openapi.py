@@ -51,6 +51,11 @@ def spec() -> dict[str, Any]:
             "content_type": {"type": "string"},
             "width": {"type": ["integer", "null"]},
             "height": {"type": ["integer", "null"]},
+            "provenance": {
+                "type": ["object", "null"],
+                "description": "The sidecar's provenance block (C2PA); status is one of "
+                "trusted, valid, invalid, absent, unreadable, skipped",
+            },
         },
     }
     task = {

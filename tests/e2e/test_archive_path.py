@@ -52,6 +52,7 @@ SIDECAR_FIELDS = {
     "completed_at",
     "archived_at",
     "receiver_version",
+    "provenance",
 }
 
 
@@ -119,10 +120,11 @@ def test_twenty_tasks_archived_into_s3_by_subprocesses(
         state = httpx.get(f"http://127.0.0.1:{sim_port}/_sim/state").json()["tasks"]
         served = {t["provider_task_id"]: state[t["provider_task_id"]]["sha256"] for t in tasks}
         stored = _objects(_s3(moto_endpoint), s3_bucket, "flux/")
-        images = {k: v for k, v in stored.items() if not k.endswith(".json")}
+        images = {k: v for k, v in stored.items() if not k.endswith((".json", ".xmp"))}
         sidecars = {k: v for k, v in stored.items() if k.endswith(".json")}
         expected = sum(1 + i % 2 for i in range(20))
         assert len(images) == expected and len(sidecars) == expected
+        assert {k + ".xmp" for k in images} == {k for k in stored if k.endswith(".xmp")}
         for task in tasks:
             shas = served[task["provider_task_id"]]
             assert len(task["objects"]) == len(shas)
@@ -139,6 +141,7 @@ def test_twenty_tasks_archived_into_s3_by_subprocesses(
                 assert sidecar["digital_source_type"] == "trainedAlgorithmicMedia"
                 assert sidecar["metadata"] == task["metadata"]
                 assert "?" not in sidecar["source_url"]
+                assert sidecar["provenance"]["status"] == "absent"  # the simulator signs nothing
         head = _s3(moto_endpoint).head_object(Bucket=s3_bucket, Key=next(iter(images)))
         assert head["ContentType"] == "image/png"
     finally:
@@ -156,7 +159,7 @@ def test_duplicate_callbacks_archive_once(make_stack: Any) -> None:
     time.sleep(0.5)  # let every copy arrive
     assert stack.sim.callbacks_sent >= 5
     files = sorted(p.name for p in (stack.tmp / "archive").rglob("*") if p.is_file())
-    assert files == ["0.png", "0.png.json", "1.png", "1.png.json"]
+    assert files == ["0.png", "0.png.json", "0.png.xmp", "1.png", "1.png.json", "1.png.xmp"]
     metrics = httpx.get(f"{stack.base}/metrics").text
     assert 'receiver_deliveries_total{outcome="duplicate",provider="simulated"} 4.0' in metrics
 

@@ -119,7 +119,7 @@ def test_bfl_duplicate_callbacks_archive_once(make_stack: Any) -> None:
     assert len(task["objects"]) == 1
     assert stack.sim.callbacks_sent >= 3
     files = [p for p in (stack.tmp / "archive").rglob("*") if p.is_file()]
-    assert len(files) == 2  # one image, one sidecar
+    assert len(files) == 3  # one image, its .json and .xmp sidecars
 
 
 def test_bfl_expired_result_url_fails_as_expired(make_stack: Any) -> None:

@@ -66,7 +66,7 @@ def test_signed_callback_archives_images_and_sidecars(make_stack: Any) -> None:
         assert sidecar["sha256"] == obj["sha256"] and sidecar["index"] == index
     time.sleep(0.5)  # let every copy arrive
     assert stack.sim.callbacks_sent >= 3
-    assert len(_archive_files(stack)) == 4  # two images, two sidecars
+    assert len(_archive_files(stack)) == 6  # two images, two sidecars each (.json, .xmp)
     metrics = httpx.get(f"{stack.base}/metrics").text
     assert 'receiver_deliveries_total{outcome="duplicate",provider="fal"} 2.0' in metrics
     assert 'receiver_deliveries_total{outcome="accepted",provider="fal"} 1.0' in metrics

@@ -66,7 +66,7 @@ def test_submit_callback_archive_with_model_seed_and_cost(make_stack: Any) -> No
             assert sidecar["negative_prompt"] == "dogs"
             assert sidecar["metadata"] == task["metadata"]
         assert sorted(archived_files(stack, task["id"])) == sorted(
-            [f"{i}.png" for i in range(count)] + [f"{i}.png.json" for i in range(count)]
+            [f"{i}.png{ext}" for i in range(count) for ext in ("", ".json", ".xmp")]
         )
 
 
@@ -167,7 +167,7 @@ def test_duplicate_callbacks_archive_once(make_stack: Any) -> None:
         time.sleep(0.05)
     assert stack.sim.callbacks_sent >= 8
     for task in tasks:
-        assert sorted(archived_files(stack, task["id"])) == ["0.png", "0.png.json"]
+        assert sorted(archived_files(stack, task["id"])) == ["0.png", "0.png.json", "0.png.xmp"]
         events = stack.client().get(f"/v1/tasks/{task['id']}/events").text
         assert events.count('"completed"') <= 1
 

@@ -15,6 +15,7 @@ from receiver.config import (
     FetchSettings,
     FilesystemDestination,
     NotifySettings,
+    ProvenanceSettings,
     ProviderSettings,
     S3Destination,
     ServerSettings,
@@ -33,7 +34,7 @@ def section(heading: str) -> str:
 
 
 def documented(text: str) -> set[str]:
-    return set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M))
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, re.M))
 
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -42,6 +43,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`[fetch]`", FetchSettings),
     ("`[worker]`", WorkerSettings),
     ("`[server]`", ServerSettings),
+    ("`[provenance]`", ProvenanceSettings),
     ("`[providers.<name>]`", ProviderSettings),
     ("Destination type `filesystem`", FilesystemDestination),
     ("Destination type `s3`", S3Destination),
