@@ -75,6 +75,18 @@ class FakeClock(Clock):
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
         await future
 
+    @property
+    def sleepers(self) -> int:
+        """How many ``sleep`` calls are waiting for the clock."""
+        return sum(1 for *_, future in self._sleepers if not future.done())
+
+    async def until_sleeping(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Let the loop run until ``count`` sleepers wait on the clock (work between two
+        sleeps may pass through threads, so this yields to the loop, bounded by ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while self.sleepers < count:
+                await asyncio.sleep(0.001)
+
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper now due."""
         self._now += seconds

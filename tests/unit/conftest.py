@@ -4,7 +4,11 @@ them are refused here, so a unit test cannot come to depend on one by accident."
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+
+from receiver.testing import MemoryRuntime, memory_runtime
 
 
 def _refuse(name: str) -> None:
@@ -27,3 +31,10 @@ def moto_endpoint() -> str:
 def s3_bucket() -> str:
     _refuse("s3_bucket")
     raise AssertionError
+
+
+@pytest.fixture
+async def rt() -> AsyncIterator[MemoryRuntime]:
+    """An open in-memory runtime (receiver.testing): ledger, store, origin, provider, inbox."""
+    async with memory_runtime() as runtime:
+        yield runtime
