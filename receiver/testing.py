@@ -63,6 +63,7 @@ class FakeClock(Clock):
         self._now = time.time() if start is None else start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._slept = asyncio.Event()
 
     def now(self) -> float:
         return self._now
@@ -73,6 +74,7 @@ class FakeClock(Clock):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        self._slept.set()
         await future
 
     @property
@@ -82,10 +84,11 @@ class FakeClock(Clock):
 
     async def until_sleeping(self, count: int = 1, timeout: float = 5.0) -> None:
         """Let the loop run until ``count`` sleepers wait on the clock (work between two
-        sleeps may pass through threads, so this yields to the loop, bounded by ``timeout``)."""
+        sleeps may pass through threads, so this waits, bounded by ``timeout``)."""
         async with asyncio.timeout(timeout):
             while self.sleepers < count:
-                await asyncio.sleep(0.001)
+                self._slept.clear()
+                await self._slept.wait()
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper now due."""
