@@ -361,7 +361,8 @@ class MemoryRuntime(Runtime):
     # --- shortcuts for arranging a test ----------------------------------------------------
 
     async def submitted_task(self, **fields: Any) -> Task:
-        """A task of the ``simulated`` provider, recorded and marked submitted as ``sim-…``."""
+        """A task of the ``simulated`` provider, recorded and marked submitted as ``sim-…``,
+        which the in-memory provider reports pending until the test says otherwise."""
         new = NewTask(
             **{
                 "provider": "simulated",
@@ -372,7 +373,9 @@ class MemoryRuntime(Runtime):
             }
         )
         task, _ = await self.ledger.create_task(new)
-        return await self.ledger.mark_submitted(task.id, f"sim-{task.id}", next_poll_at=None)
+        provider_task_id = f"sim-{task.id}"
+        self.api.answer(provider_task_id, "pending")
+        return await self.ledger.mark_submitted(task.id, provider_task_id, next_poll_at=None)
 
     async def completed_task(self, urls: list[str], **fields: Any) -> Task:
         """A submitted task whose success (with ``urls``) is recorded: one archive job queued,
