@@ -239,11 +239,13 @@ def png(label: str = "testing", width: int = 4, height: int = 3) -> bytes:
 class SimulatedApi:
     """The ``simulated`` provider's API in memory: ``POST /v1/generate`` answers a new id,
     ``GET /v1/tasks/{id}`` answers what :meth:`answer` set for it (pending by default).
-    ``down`` makes every call fail with 503."""
+    ``down`` makes every call fail with 503; ``others`` answers other providers' hosts."""
 
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     down: bool = False
+    # Requests for any other host (another provider's API, from its documented fixtures).
+    others: dict[str, Handler] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.transport = httpx.MockTransport(self._handle)
@@ -266,6 +268,9 @@ class SimulatedApi:
         }
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
+        other = self.others.get(request.url.host)
+        if other is not None:
+            return other(request)
         if self.down:
             return httpx.Response(503, text="simulated outage")
         path = request.url.path
