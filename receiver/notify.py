@@ -56,6 +56,7 @@ class Notifier:
         self.rt = runtime
         self.conf = runtime.settings.notify
         self._stopping = asyncio.Event()
+        self._wake: asyncio.Event | None = None
         self.http = httpx.AsyncClient(
             timeout=self.conf.timeout,
             follow_redirects=False,
@@ -65,9 +66,12 @@ class Notifier:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()  # stop waiting for the next poll
 
     async def run(self) -> None:
         wake = self.rt.changes.subscribe("notify")
+        self._wake = wake
         interval = self.rt.settings.worker.poll_interval
         try:
             while not self._stopping.is_set():

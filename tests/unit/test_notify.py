@@ -121,6 +121,5 @@ async def test_run_sends_when_the_ledger_announces_and_stops(rt: MemoryRuntime) 
         await asyncio.sleep(0.005)
     assert len(rt.inbox.received) == 1
     notifier.stop()
-    rt.changes.notify("notify")  # the loop waits on the channel; let it see the stop
     await asyncio.wait_for(loop, 5)
     assert notifier.http.is_closed
