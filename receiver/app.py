@@ -19,6 +19,7 @@ from .api.common import error_json, from_error
 from .background import Background
 from .config import Settings
 from .errors import ReceiverError
+from .middleware import RequestObserver
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def create_app(
             await rt.close()
             log.info("stopped: background loops drained, ledger closed")
 
-    middleware = []
+    middleware = [Middleware(RequestObserver, access_log=settings.server.access_log)]
     if settings.server.cors_origins:
         middleware.append(
             Middleware(

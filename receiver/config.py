@@ -72,6 +72,7 @@ class ServerSettings(_Section):
     access_token_seconds: int = Field(default=3600, gt=0)
     signature_tolerance_seconds: int = Field(default=300, gt=0)
     max_metadata_bytes: int = Field(default=16 * 1024, gt=0)
+    access_log: bool = True
 
     _split = field_validator("trusted_proxies", "cors_origins", mode="before")(_split_commas)
 

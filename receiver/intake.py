@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from . import metrics
+from . import metrics, tracing
 from .errors import BadRequest, NotFound, ReceiverError, SignatureError
 from .models import NewTask, Task
 from .providers import Callback, Provider
@@ -79,11 +79,20 @@ async def accept_callback(
     signature (where it signs) is checked with that task's secrets, then the outcome is
     recorded. Returns only once the ledger has committed it."""
     provider = rt.provider(provider_name)  # an unknown name is 404 and not counted
-    with _counted(provider.name):
+    # Traced as part of the task's own trace (its context is stored at submission), linked
+    # to the HTTP request's span: the read is made only when tracing is on.
+    parent = None
+    if tracing.enabled():
+        with contextlib.suppress(ReceiverError):
+            task_id = verify_hook_token(rt.settings.secret_keys, token, provider.name)
+            parent = await rt.ledger.trace_context(task_id)
+    attrs = {"receiver.provider": provider.name}
+    with tracing.span("receiver.callback", attrs, parent=parent), _counted(provider.name):
         task_id = verify_hook_token(rt.settings.secret_keys, token, provider.name)
         body = await read(rt.settings.server.max_body_bytes)
-        secrets = task_secrets(rt.settings.secret_keys, task_id, provider.secret_format)
-        await provider.verify_callback(headers, body, secrets)
+        with tracing.span("receiver.verify_callback", attrs):
+            secrets = task_secrets(rt.settings.secret_keys, task_id, provider.secret_format)
+            await provider.verify_callback(headers, body, secrets)
         callback = provider.parse_callback(headers, body)
         accepted = await _record(rt, provider, task_id, callback, body)
     log.info(

@@ -7,15 +7,55 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
+
+from . import tracing
+
+# The id of the HTTP request being served (set by receiver.middleware), stamped on every log
+# line written while serving it and on the ledger events it records.
+REQUEST_ID: ContextVar[str | None] = ContextVar("receiver_request_id", default=None)
 
 # URL query strings (signed URLs), hook tokens in paths, bearer/whsec secrets.
 _SCRUB = [
     (re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?<redacted>"),
     (re.compile(r"(/v1/hooks/[a-z0-9_-]+/)[A-Za-z0-9_.\-]+"), r"\1<token>"),
     (re.compile(r"(whsec_|wbs_|Bearer )[A-Za-z0-9+/=_\-.]+"), r"\1<redacted>"),
+    (re.compile(r"(access_token=)[^&\s\"']+"), r"\1<redacted>"),
 ]
-_FIELDS = ("task_id", "provider", "job_id", "delivery", "status", "reason", "event")
+_FIELDS = (
+    "request_id",
+    "trace_id",
+    "task_id",
+    "provider",
+    "job_id",
+    "delivery",
+    "status",
+    "reason",
+    "event",
+    # the access log (receiver.middleware)
+    "method",
+    "route",
+    "http_status",
+    "duration_ms",
+    "bytes",
+)
+
+
+class ContextFilter(logging.Filter):
+    """Stamps each record with the request id and trace id of the work being done, so a line
+    from deep inside a request (a provider call, the ledger) still names its request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        if getattr(record, "trace_id", None) is None:
+            trace_id = tracing.current_trace_id()
+            if trace_id is not None:
+                record.trace_id = trace_id
+        return True
 
 
 def scrub(text: str) -> str:
@@ -52,6 +92,7 @@ class TextFormatter(logging.Formatter):
 def setup(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -142,6 +142,7 @@ class Task:
     next_poll_at: float | None = None
     poll_attempts: int = 0
     idempotency_key: str | None = None
+    traceparent: str | None = None  # the submission's trace, continued by later steps
 
     def public(self) -> dict[str, Any]:
         """The task as the API shows it (contract: GET /v1/tasks/{id})."""
@@ -195,6 +196,7 @@ class NewTask:
     metadata: dict[str, Any] = field(default_factory=dict)
     notify_url: str | None = None
     id: str = field(default_factory=new_id)
+    traceparent: str | None = None  # W3C trace context of the submission (tracing on)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from . import backoff, metrics
+from . import backoff, metrics, tracing
 from .errors import LedgerUnavailable, ReceiverError
 from .models import Notification, Task
 from .runtime import Runtime
@@ -98,7 +98,15 @@ class Notifier:
         if task is None:
             await ledger.retry_notification(note.id, self.rt.owner, "task gone", 0, give_up=True)
             return False
-        error = await self._post(note, task)
+        attrs = {
+            "receiver.task_id": task.id,
+            "receiver.event": note.event,
+            "receiver.attempt": note.attempts,
+        }
+        with tracing.span("receiver.notify", attrs, parent=task.traceparent, kind="client") as span:
+            error = await self._post(note, task)
+            if error is not None:
+                span.error("not_delivered")
         if error is None:
             metrics.NOTIFICATIONS.labels("delivered").inc()
             await ledger.finish_notification(note.id, self.rt.owner)
@@ -131,6 +139,7 @@ class Notifier:
             "webhook-timestamp": str(ts),
             "webhook-signature": standard_sign(self.conf.secret, note.id, ts, body),
         }
+        tracing.inject(headers)  # the application may continue the task's trace
         try:
             response = await self.http.post(note.url, content=body, headers=headers)
         except httpx.HTTPError as exc:

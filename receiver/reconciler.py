@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 
-from . import backoff, metrics
+from . import backoff, metrics, tracing
 from .errors import LedgerUnavailable, NotFound, ProviderError, ReceiverError
+from .ledger.base import Backlog
 from .models import Reason, Task
 from .runtime import Runtime
 
@@ -29,6 +30,7 @@ class Reconciler:
         self.rt = runtime
         self._stopping = asyncio.Event()
         self._last_purge = 0.0
+        self._providers_seen: set[str] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -48,17 +50,58 @@ class Reconciler:
     async def tick(self) -> int:
         """One pass; returns how many tasks were polled."""
         ledger = self.rt.ledger
-        depth, age = await ledger.queue_stats()
-        metrics.QUEUE_DEPTH.set(depth)
-        metrics.OLDEST_JOB_AGE.set(age)
+        self.export(await ledger.backlog())
         now = self.rt.clock.now()
         if now - self._last_purge > 3600:
             retention = self.rt.settings.worker.delivery_retention_days * 86400
             await ledger.purge_deliveries(now - retention)
             self._last_purge = now
         tasks = await ledger.tasks_to_poll(100)
-        await asyncio.gather(*(self.poll(task) for task in tasks))
+        await asyncio.gather(*(self._traced_poll(task) for task in tasks))
         return len(tasks)
+
+    async def _traced_poll(self, task: Task) -> None:
+        attrs = {
+            "receiver.task_id": task.id,
+            "receiver.provider": metrics.provider_label(task.provider),
+        }
+        with tracing.span("receiver.poll", attrs, parent=task.traceparent):
+            await self.poll(task)
+
+    def export(self, backlog: Backlog) -> None:
+        """Set the backlog gauges; a provider once seen is kept at 0 rather than dropped."""
+        for state in ("queued", "leased"):
+            metrics.QUEUE_DEPTH.labels(state).set(backlog.jobs.get(state, 0))
+            metrics.NOTIFY_BACKLOG.labels(state).set(backlog.notifications.get(state, 0))
+        metrics.OLDEST_JOB_AGE.set(backlog.oldest_due_job)
+        metrics.OLDEST_NOTIFICATION.set(backlog.oldest_notification)
+        names = set(self.rt.settings.providers) | set(backlog.oldest_job) | set(backlog.submitted)
+        self._providers_seen |= {metrics.provider_label(n) for n in names}
+        job_age: dict[str, float] = {}
+        waiting: dict[str, tuple[int, float]] = {}
+        for name, age in backlog.oldest_job.items():
+            label = metrics.provider_label(name)
+            job_age[label] = max(job_age.get(label, 0.0), age)
+        for name, (count, age) in backlog.submitted.items():
+            label = metrics.provider_label(name)
+            before = waiting.get(label, (0, 0.0))
+            waiting[label] = (before[0] + count, max(before[1], age))
+        for label in self._providers_seen:
+            metrics.OLDEST_UNFINISHED_JOB.labels(label).set(job_age.get(label, 0.0))
+            metrics.SUBMITTED_TASKS.labels(label).set(waiting.get(label, (0, 0.0))[0])
+            metrics.OLDEST_SUBMITTED.labels(label).set(waiting.get(label, (0, 0.0))[1])
+            if label == "other":
+                continue
+            provider = self.rt.provider(label)
+            conf = self.rt.settings.provider(label)
+            if conf.callback_grace_seconds is not None:
+                grace = conf.callback_grace_seconds
+            elif provider.delivers_callbacks:
+                grace = provider.callback_grace
+            else:
+                grace = conf.poll_interval or 2.0
+            metrics.PROVIDER_GRACE.labels(label).set(grace)
+            metrics.PROVIDER_URL_LIFETIME.labels(label).set(provider.url_lifetime)
 
     async def poll(self, task: Task) -> None:
         ledger = self.rt.ledger

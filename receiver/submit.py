@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import tracing
 from .errors import NotFound, ProviderError, ValidationFailed
 from .models import NewTask, Reason, Task
 from .providers import CallbackTarget
@@ -66,6 +67,7 @@ def validate(rt: Runtime, req: TaskRequest) -> NewTask:
         params=req.params,
         metadata=req.metadata,
         notify_url=notify_url,
+        traceparent=tracing.current_traceparent(),
     )
 
 
@@ -89,7 +91,12 @@ async def submit(rt: Runtime, task: Task) -> Task:
         target = CallbackTarget(url=callback_url(rt, task.id, task.provider), secret=secret)
     extra = {"task_id": task.id, "provider": task.provider}
     try:
-        submission = await provider.submit(task, target)
+        with tracing.span(
+            "provider submit",
+            {"receiver.provider": task.provider, "receiver.task_id": task.id},
+            kind="client",
+        ):
+            submission = await provider.submit(task, target)
     except ProviderError as exc:
         log.warning("submission failed: %s", exc.message, extra=extra)
         failed = await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, exc.message)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
-from . import backoff, metrics, provenance, sidecar
+from . import backoff, metrics, provenance, sidecar, tracing
 from .destinations.base import Destination
 from .errors import (
     AlreadyExists,
@@ -114,8 +116,20 @@ class Worker:
         if task is None or task.outcome is None:
             await ledger.fail_job(job.id, self.rt.owner, Reason.FETCH_FAILED, "task has no result")
             return
+        attrs = {
+            "receiver.task_id": task.id,
+            "receiver.provider": metrics.provider_label(task.provider),
+            "receiver.destination": task.destination,
+            "receiver.job_attempt": job.attempts,
+        }
+        with tracing.span("receiver.archive", attrs, parent=task.traceparent):
+            await self._process(job, task)
+
+    async def _process(self, job: Job, task: Task) -> None:
+        ledger = self.rt.ledger
         extra = {"task_id": task.id, "provider": task.provider, "job_id": job.id}
         outcome = task.outcome
+        assert outcome is not None  # checked by process()
         refreshed = False
         while True:
             try:
@@ -203,16 +217,16 @@ class Worker:
             try:
                 key = sidecar.image_key(task, index, fetched.ext)
                 meta = {"task-id": task.id, "sha256": fetched.sha256}
-                try:
-                    uri = await dest.put(
-                        key,
-                        fetched.file,
-                        size=fetched.size,
-                        content_type=fetched.content_type,
-                        metadata=meta,
-                    )
-                except AlreadyExists:
-                    uri = dest.uri(key)  # an earlier attempt stored it; same task, same bytes
+                # AlreadyExists: an earlier attempt stored it; same task, same bytes.
+                uri = await self._put(
+                    dest,
+                    "image",
+                    key,
+                    fetched.file,
+                    size=fetched.size,
+                    content_type=fetched.content_type,
+                    metadata=meta,
+                )
                 # After the image is durable, so a slow or hostile manifest cannot delay that.
                 claims = await provenance.read(
                     fetched.file, fetched.content_type, self.rt.settings.provenance
@@ -239,16 +253,15 @@ class Worker:
                     )
                 side_key = sidecar.sidecar_key(key)
                 body = sidecar.dumps(doc)
-                try:
-                    side_uri = await dest.put(
-                        side_key,
-                        body,
-                        size=len(body),
-                        content_type="application/json",
-                        metadata={"task-id": task.id},
-                    )
-                except AlreadyExists:
-                    side_uri = dest.uri(side_key)  # the pair was already complete
+                side_uri = await self._put(  # AlreadyExists: the pair was already complete
+                    dest,
+                    "sidecar",
+                    side_key,
+                    body,
+                    size=len(body),
+                    content_type="application/json",
+                    metadata={"task-id": task.id},
+                )
                 metrics.ARCHIVED_BYTES.labels(dest.name).inc(fetched.size)
                 metrics.ARCHIVED_OBJECTS.labels(dest.name).inc()
                 objects.append(
@@ -269,22 +282,67 @@ class Worker:
                 fetched.close()
         return objects
 
-    @staticmethod
     async def _put_once(
-        dest: Destination, key: str, body: bytes, task_id: str, content_type: str
+        self, dest: Destination, key: str, body: bytes, task_id: str, content_type: str
     ) -> str:
+        return await self._put(
+            dest,
+            "xmp",
+            key,
+            body,
+            size=len(body),
+            content_type=content_type,
+            metadata={"task-id": task_id},
+        )
+
+    async def _put(self, dest: Destination, kind: str, key: str, body: Any, **kw: Any) -> str:
+        """One create-only write, timed and traced; an object already there is success."""
+        outcome = "error"
+        start = time.perf_counter()
+        attrs = {"receiver.destination": dest.name, "receiver.kind": kind}
         try:
-            return await dest.put(
-                key,
-                body,
-                size=len(body),
-                content_type=content_type,
-                metadata={"task-id": task_id},
+            with tracing.span(f"store {kind}", attrs, kind="client") as span:
+                try:
+                    uri = await dest.put(key, body, **kw)
+                    outcome = "ok"
+                except AlreadyExists:
+                    outcome = "exists"
+                    uri = dest.uri(key)
+                span.set("receiver.outcome", outcome)
+                span.set("receiver.bytes", kw["size"])
+        finally:
+            metrics.STORE_SECONDS.labels(dest.name, kind, outcome).observe(
+                time.perf_counter() - start
             )
-        except AlreadyExists:
-            return dest.uri(key)
+        if outcome == "ok":
+            metrics.STORE_BYTES.labels(dest.name, kind).inc(kw["size"])
+        return uri
 
     async def _fetch(self, task: Task, index: int, url: str | None) -> Fetched:
+        """One result downloaded (or read from the ledger when inline), timed and traced."""
+        provider = metrics.provider_label(task.provider)
+        outcome = "error"
+        start = time.perf_counter()
+        attrs = {"receiver.provider": provider, "receiver.index": index}
+        try:
+            with tracing.span("fetch", attrs, kind="client") as span:
+                try:
+                    fetched = await self._download(task, index, url)
+                except FetchExpired:
+                    outcome = "expired"
+                    raise
+                except FetchRefused:
+                    outcome = "refused"
+                    raise
+                outcome = "ok"
+                span.set("receiver.bytes", fetched.size)
+                span.set("receiver.content_type", fetched.content_type)
+        finally:
+            metrics.FETCH_SECONDS.labels(provider, outcome).observe(time.perf_counter() - start)
+        metrics.FETCH_BYTES.labels(provider).inc(fetched.size)
+        return fetched
+
+    async def _download(self, task: Task, index: int, url: str | None) -> Fetched:
         if url is None:
             data = await self.rt.ledger.inline_image(task.id, index)
             if data is None:

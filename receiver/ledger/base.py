@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from ..models import (
     Event,
@@ -27,6 +28,18 @@ from ..models import (
 )
 
 Listener = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What is waiting, for the gauges an operator alerts on (ages in seconds)."""
+
+    jobs: dict[str, int] = field(default_factory=dict)  # state -> unfinished archive jobs
+    oldest_due_job: float = 0.0  # how long the oldest due job has waited to be claimed
+    oldest_job: dict[str, float] = field(default_factory=dict)  # provider -> since enqueued
+    notifications: dict[str, int] = field(default_factory=dict)  # state -> undelivered
+    oldest_notification: float = 0.0
+    submitted: dict[str, tuple[int, float]] = field(default_factory=dict)  # provider -> n, age
 
 
 class Ledger(ABC):
@@ -151,6 +164,16 @@ class Ledger(ABC):
     @abstractmethod
     async def queue_stats(self) -> tuple[int, float]:
         """(jobs not done or dead, age in seconds of the oldest due one or 0)."""
+
+    async def trace_context(self, task_id: str) -> str | None:
+        """The stored ``traceparent`` of the task's submission (tracing continues it)."""
+        task = await self.get_task(task_id)
+        return task.traceparent if task else None
+
+    async def backlog(self) -> Backlog:
+        """Unfinished work by state and its ages, in one read (the reconciler exports it)."""
+        depth, age = await self.queue_stats()
+        return Backlog(jobs={"queued": depth}, oldest_due_job=age)
 
     # --- events -------------------------------------------------------------------------------
 

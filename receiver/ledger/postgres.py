@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .. import backoff
 from ..errors import LedgerUnavailable
 from .base import Listener
-from .sql import SqlLedger, Tx, migrations
+from .sql import SqlLedger, Tx, migrations, observed
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class PostgresLedger(SqlLedger):
                     time.sleep(0.01 * (attempt + 1))
             raise AssertionError("unreachable")
 
-        result, channels = await self._thread(run)
+        with observed(self.dialect, fn):
+            result, channels = await self._thread(run)
         # This process hears at once; other replicas hear through LISTEN (so may this one,
         # a second time: a wake-up is idempotent).
         await self._wake(channels)

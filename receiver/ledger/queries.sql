@@ -4,9 +4,9 @@
 
 -- name: insert_task
 INSERT INTO tasks (id, provider, model, prompt, params, destination, metadata, notify_url,
-                   status, created_at, updated_at, idempotency_key, next_poll_at)
+                   status, created_at, updated_at, idempotency_key, next_poll_at, traceparent)
 VALUES (:id, :provider, :model, :prompt, :params, :destination, :metadata, :notify_url,
-        'submitted', :now, :now, :idempotency_key, :submit_by)
+        'submitted', :now, :now, :idempotency_key, :submit_by, :traceparent)
 ON CONFLICT DO NOTHING
 RETURNING id
 
@@ -123,6 +123,21 @@ WHERE task_id = :task_id AND state IN ('queued', 'leased')
 -- name: queue_depth
 SELECT COUNT(*) AS depth, MIN(CASE WHEN next_attempt_at <= :now THEN next_attempt_at END) AS oldest
 FROM jobs WHERE state IN ('queued', 'leased')
+
+-- name: backlog_jobs
+SELECT j.state AS state, t.provider AS provider, COUNT(*) AS n, MIN(j.created_at) AS oldest,
+       MIN(CASE WHEN j.next_attempt_at <= :now THEN j.next_attempt_at END) AS due
+FROM jobs j JOIN tasks t ON t.id = j.task_id
+WHERE j.state IN ('queued', 'leased')
+GROUP BY j.state, t.provider
+
+-- name: backlog_notifications
+SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest
+FROM notifications WHERE state IN ('queued', 'leased') GROUP BY state
+
+-- name: backlog_submitted
+SELECT provider, COUNT(*) AS n, MIN(created_at) AS oldest
+FROM tasks WHERE status = 'submitted' GROUP BY provider
 
 -- name: tasks_to_poll
 SELECT * FROM tasks

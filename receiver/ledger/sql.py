@@ -7,14 +7,18 @@ path for both dialects is worth more than async I/O for a handful of small state
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-from ..errors import NotFound
+from .. import metrics, tracing
+from ..errors import LedgerUnavailable, NotFound
+from ..log import REQUEST_ID
 from ..models import (
     Event,
     Job,
@@ -29,7 +33,7 @@ from ..models import (
     Task,
     new_id,
 )
-from .base import Ledger, Listener
+from .base import Backlog, Ledger, Listener
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -78,6 +82,37 @@ def migrations(dialect: str) -> list[tuple[int, list[str]]]:
         statements = [s.strip() for s in body.split(";") if s.strip()]
         found.append((version, statements))
     return sorted(found)
+
+
+def operation(fn: Callable[..., Any]) -> str:
+    """The ledger method a transaction function was written in (``create_task`` for the
+    closure inside ``SqlLedger.create_task``): a label from the code, never from data."""
+    head = getattr(fn, "__qualname__", "").split(".<locals>", 1)[0]
+    return head.rsplit(".", 1)[-1] or "other"
+
+
+_DB_SYSTEM = {"sqlite": "sqlite", "postgres": "postgresql"}
+
+
+@contextlib.contextmanager
+def observed(dialect: str, fn: Callable[..., Any]) -> Iterator[None]:
+    """Time one transaction for ``receiver_ledger_transaction_seconds`` and give it a span."""
+    op = operation(fn)
+    outcome = "ok"
+    start = time.perf_counter()
+    try:
+        with tracing.span(
+            f"ledger {op}", {"db.system": _DB_SYSTEM.get(dialect, dialect), "db.operation.name": op}
+        ):
+            yield
+    except LedgerUnavailable:
+        outcome = "unavailable"
+        raise
+    except BaseException:
+        outcome = "error"
+        raise
+    finally:
+        metrics.LEDGER_TX.labels(dialect, op, outcome).observe(time.perf_counter() - start)
 
 
 class Cursor(Protocol):
@@ -146,6 +181,7 @@ def _task(row: Row) -> Task:
         next_poll_at=row["next_poll_at"],
         poll_attempts=row["poll_attempts"],
         idempotency_key=row["idempotency_key"],
+        traceparent=row.get("traceparent"),
     )
 
 
@@ -177,6 +213,9 @@ class SqlLedger(Ledger):
     # --- helpers used inside a transaction -------------------------------------------------
 
     def _event(self, tx: Tx, task_id: str, status: str, data: dict[str, Any]) -> None:
+        request_id = REQUEST_ID.get()  # the HTTP request that caused it, for the operator
+        if request_id is not None:
+            data = {**data, "request_id": request_id}
         tx.run("insert_event", task_id=task_id, status=status, data=_dumps(data))
         tx.changed(f"task:{task_id}")
 
@@ -227,6 +266,7 @@ class SqlLedger(Ledger):
                 notify_url=new.notify_url,
                 idempotency_key=idempotency_key,
                 submit_by=tx.now + SUBMIT_LEASE_SECONDS,
+                traceparent=new.traceparent,
             )
             if inserted is None:
                 row = tx.one("task_by_key", key=idempotency_key)
@@ -449,6 +489,36 @@ class SqlLedger(Ledger):
             row = tx.one("queue_depth") or {}
             oldest = row.get("oldest")
             return int(row.get("depth") or 0), (max(0.0, tx.now - oldest) if oldest else 0.0)
+
+        return await self._tx(fn, write=False)
+
+    async def backlog(self) -> Backlog:
+        def fn(tx: Tx) -> Backlog:
+            jobs: dict[str, int] = {}
+            oldest_job: dict[str, float] = {}
+            due: list[float] = []
+            for r in tx.all("backlog_jobs"):
+                jobs[r["state"]] = jobs.get(r["state"], 0) + int(r["n"])
+                age = max(0.0, tx.now - float(r["oldest"]))
+                oldest_job[r["provider"]] = max(oldest_job.get(r["provider"], 0.0), age)
+                if r["due"] is not None:
+                    due.append(float(r["due"]))
+            notes = {r["state"]: r for r in tx.all("backlog_notifications")}
+            submitted = {
+                r["provider"]: (int(r["n"]), max(0.0, tx.now - float(r["oldest"])))
+                for r in tx.all("backlog_submitted")
+            }
+            oldest_note = min((float(r["oldest"]) for r in notes.values()), default=None)
+            return Backlog(
+                jobs=jobs,
+                oldest_due_job=max(0.0, tx.now - min(due)) if due else 0.0,
+                oldest_job=oldest_job,
+                notifications={state: int(r["n"]) for state, r in notes.items()},
+                oldest_notification=(
+                    max(0.0, tx.now - oldest_note) if oldest_note is not None else 0.0
+                ),
+                submitted=submitted,
+            )
 
         return await self._tx(fn, write=False)
 

@@ -4,6 +4,7 @@ IMMEDIATE takes the write lock up front so two processes never deadlock upgradin
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import LedgerUnavailable
-from .sql import SqlLedger, Tx, migrations
+from .sql import SqlLedger, Tx, migrations, observed
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 15_000
@@ -63,7 +64,8 @@ class SqliteLedger(SqlLedger):
     async def _call(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._thread, fn)
+            # The caller's context goes along (request id on events), as asyncio.to_thread does.
+            return await loop.run_in_executor(self._thread, contextvars.copy_context().run, fn)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"sqlite: {exc}") from exc
 
@@ -104,7 +106,8 @@ class SqliteLedger(SqlLedger):
                 raise
             return result, tx.channels
 
-        result, channels = await self._call(run)
+        with observed(self.dialect, fn):
+            result, channels = await self._call(run)
         await self._wake(channels)
         return result
 
