@@ -38,11 +38,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from . import log
+    from . import log, tracing
     from .app import create_app
 
     settings = _settings(args)
     log.setup(settings.log_level, settings.log_format)
+    tracing.setup()  # OTEL_* from the environment, when the [otel] extra is installed
     app = create_app(settings, background=not args.no_worker)
     uvicorn.run(
         app,
@@ -58,12 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from . import log
+    from . import log, tracing
     from .background import Background
     from .runtime import Runtime
 
     settings = _settings(args)
     log.setup(settings.log_level, settings.log_format)
+    tracing.setup()
 
     async def run() -> None:
         rt = Runtime(settings)

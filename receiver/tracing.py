@@ -82,8 +82,11 @@ def setup(environ: Mapping[str, str] | None = None) -> bool:
         return False
     from . import __version__
 
-    resource = Resource.create({"service.name": "receiver", "service.version": __version__})
-    provider = TracerProvider(resource=resource)  # OTEL_SERVICE_NAME etc. override the default
+    attributes = {"service.version": __version__}
+    named = "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    if not env.get("OTEL_SERVICE_NAME") and not named:
+        attributes["service.name"] = "receiver"  # else the SDK's "unknown_service"
+    provider = TracerProvider(resource=Resource.create(attributes))
     for name in [w.strip() for w in (wanted or "otlp").split(",") if w.strip()]:
         if name == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
