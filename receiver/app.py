@@ -12,9 +12,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from .api import events, hooks, openapi, ops, tasks
+from . import ui
+from .api import bulk, events, hooks, openapi, ops, tasks
 from .api.common import error_json, from_error
 from .background import Background
 from .config import Settings
@@ -29,6 +30,8 @@ def routes() -> list[Route]:
     return [
         Route("/v1/tasks", tasks.create_task, methods=["POST"]),
         Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),
+        Route("/v1/tasks/replay", bulk.bulk_replay, methods=["POST"]),
+        Route("/v1/tasks/redeliver", bulk.bulk_redeliver, methods=["POST"]),
         Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
         Route("/v1/tasks/{task_id}/events", events.task_events, methods=["GET"]),
         Route("/v1/tasks/{task_id}/replay", tasks.replay_task, methods=["POST"]),
@@ -62,6 +65,7 @@ def create_app(
     settings: Settings, *, runtime: Runtime | None = None, background: bool = True
 ) -> Starlette:
     rt = runtime or Runtime(settings)
+    console = ui.Console(settings, rt) if settings.console.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,10 +73,14 @@ def create_app(
         loops = Background(rt) if background else None
         if loops:
             loops.start()
+        if console:
+            console.start()
         try:
             yield
         finally:
             app.state.draining = True
+            if console:
+                await console.stop()
             if loops:
                 await loops.stop()
             await rt.close()
@@ -88,8 +96,11 @@ def create_app(
                 allow_headers=["authorization"],
             )
         )
+    all_routes: list[BaseRoute] = [*routes()]
+    if console:
+        all_routes.append(ui.mount(settings))
     app = Starlette(
-        routes=routes(),
+        routes=all_routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
@@ -99,5 +110,6 @@ def create_app(
         },
     )
     app.state.runtime = rt
+    app.state.console = console
     app.state.draining = False
     return app

@@ -224,7 +224,55 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bulk_filter(args: argparse.Namespace) -> dict[str, str]:
+    found = {
+        "status": args.status,
+        "provider": args.provider,
+        "model": args.model,
+        "destination": args.destination,
+        "reason": args.reason,
+        "since": args.since,
+        "until": args.until,
+        "q": args.search,
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def cmd_bulk(args: argparse.Namespace, action: str) -> int:
+    """``replay``/``redeliver`` by filter: count first, confirm on a terminal, then act on
+    exactly the tasks counted."""
+    base, headers = _client(args)
+    where = _bulk_filter(args)
+    url = f"{base}/v1/tasks/{action}"
+    counted = _request("POST", url, headers, json={"filter": where, "dry_run": True})
+    print(f"{counted['matched']} task(s) match", flush=True)
+    if args.dry_run or counted["matched"] == 0:
+        return 0
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"{action} {counted['matched']} task(s)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return EXIT_FAILED
+    body = {"filter": {**where, "as_of": repr(counted["as_of"])}, "dry_run": False}
+    done = _request("POST", url, headers, json=body)
+    verb = "queued for archiving again" if action == "replay" else "queued for redelivery"
+    print(f"{done['done']} of {done['matched']} task(s) {verb} (bulk {done['bulk_id']})")
+    for skipped in done.get("skipped_tasks", []):
+        print(f"  skipped {skipped['id']}: {skipped['reason']}")
+    return 0
+
+
+def _wants_bulk(args: argparse.Namespace) -> bool:
+    if args.task_id and _bulk_filter(args):
+        raise ReceiverError("give a task id or filter options, not both")
+    if not args.task_id and not _bulk_filter(args):
+        raise ReceiverError("give a task id, or filter options such as --status failed")
+    return not args.task_id
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    if _wants_bulk(args):
+        return cmd_bulk(args, "replay")
     base, headers = _client(args)
     task = _request("POST", f"{base}/v1/tasks/{args.task_id}/replay", headers)
     print(f"task {task['id']} queued for archiving again")
@@ -232,6 +280,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_redeliver(args: argparse.Namespace) -> int:
+    if _wants_bulk(args):
+        return cmd_bulk(args, "redeliver")
     base, headers = _client(args)
     data = _request("POST", f"{base}/v1/tasks/{args.task_id}/redeliver", headers)
     print(f"notification {data['event_id']} queued for {data['url']}")
@@ -244,7 +294,7 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.dir), count=args.count))
+    return asyncio.run(run_demo(Path(args.dir), count=args.count, serve=args.serve, port=args.port))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -303,19 +353,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.set_defaults(func=cmd_tasks)
 
+    def by_filter(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("task_id", nargs="?", help="one task; or select many with the options")
+        sp.add_argument("--status", help="bulk: task status (replay: failed)")
+        sp.add_argument("--reason", help="bulk: failure reason, e.g. fetch_failed")
+        sp.add_argument("--since", help="bulk: created since, e.g. 1h, 30m, 2026-11-30T10:00")
+        sp.add_argument("--until", help="bulk: created before")
+        sp.add_argument("--provider", help="bulk: provider")
+        sp.add_argument("--model", help="bulk: model")
+        sp.add_argument("--destination", help="bulk: destination")
+        sp.add_argument("--search", help="bulk: words in the prompt")
+        sp.add_argument("--dry-run", action="store_true", help="bulk: only count")
+        sp.add_argument("--yes", action="store_true", help="bulk: do not ask on a terminal")
+
     s = client(sub.add_parser("replay", help="archive again from the provider's result"))
-    s.add_argument("task_id")
+    by_filter(s)
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=600.0)
     s.set_defaults(func=cmd_replay)
 
     s = client(sub.add_parser("redeliver", help="send the task's notification again"))
-    s.add_argument("task_id")
+    by_filter(s)
     s.set_defaults(func=cmd_redeliver)
 
     s = sub.add_parser("demo", help="simulator + server + local folder, three tasks")
     s.add_argument("--dir", default="demo-output")
     s.add_argument("--count", type=int, default=3, help=argparse.SUPPRESS)
+    s.add_argument("--serve", action="store_true", help="keep serving the console until Ctrl-C")
+    s.add_argument("--port", type=int, help="receiver port (default: 8000 with --serve)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("simulate", help="run a simulated provider")

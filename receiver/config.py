@@ -77,6 +77,20 @@ class ServerSettings(_Section):
     _split = field_validator("trusted_proxies", "cors_origins", mode="before")(_split_commas)
 
 
+class ConsoleSettings(_Section):
+    """The web console at ``/ui``: who may sign in, for how long, and whether it is on."""
+
+    enabled: bool = True
+    session_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 24 * 3600)
+    # Keys that may sign in to see the console but never replay or redeliver. A key listed
+    # here and in ``api_keys`` is read-only in the console (and still a full API key).
+    read_only_keys: list[str] = Field(default_factory=list)
+    thumbnail_px: int = Field(default=512, ge=64, le=512)
+    presign_seconds: int = Field(default=300, gt=0, le=3600)
+
+    _split = field_validator("read_only_keys", mode="before")(_split_commas)
+
+
 class NotifySettings(_Section):
     secret: str | None = None
     default_url: str | None = None
@@ -189,6 +203,7 @@ class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

@@ -44,7 +44,13 @@ def free_port() -> int:
 async def serving(app: ASGIApp, port: int) -> AsyncIterator[uvicorn.Server]:
     """Run ``app`` on 127.0.0.1:``port`` inside the current event loop."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,  # open console streams must not hold Ctrl-C up
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -79,21 +85,29 @@ def demo_settings(folder: Path, sim_url: str, port: int, api_key: str) -> Settin
     )
 
 
-async def run_demo(folder: Path, count: int = 3, timeout: float = 60.0) -> int:
+async def run_demo(
+    folder: Path,
+    count: int = 3,
+    timeout: float = 60.0,
+    *,
+    serve: bool = False,
+    port: int | None = None,
+) -> int:
     from . import log
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     log.setup("warning", "text")
     logging.getLogger("receiver").setLevel(logging.WARNING)
-    sim_port, port = free_port(), free_port()
+    sim_port = free_port()
+    port = port or (8000 if serve else free_port())
     sim_url = f"http://127.0.0.1:{sim_port}"
     api_key = secrets.token_urlsafe(24)
     settings = demo_settings(folder, sim_url, port, api_key)
     sim_app, _ = build_simulator(sim_url)
     print(f"simulated provider on {sim_url}; receiver on {settings.public_url}")
     print(f"archiving into {folder / 'archive'}")
-    async with serving(sim_app, sim_port), serving(create_app(settings), port):
+    async with serving(sim_app, sim_port), serving(create_app(settings), port) as server:
         headers = {"authorization": f"Bearer {api_key}"}
         async with httpx.AsyncClient(base_url=settings.public_url, headers=headers) as client:
             ids = []
@@ -109,6 +123,19 @@ async def run_demo(folder: Path, count: int = 3, timeout: float = 60.0) -> int:
                 ids.append(response.json()["id"])
                 print(f"submitted {ids[-1]}")
             tasks = await _wait_all(client, ids, timeout)
+        ok = _report(tasks)
+        console = f"{settings.public_url}/ui/"
+        if serve:
+            print(f"sign in to the console with the API key {api_key}; Ctrl-C stops")
+            print(f"console: {console}", flush=True)
+            while not server.should_exit:  # noqa: ASYNC110 (uvicorn sets it on Ctrl-C)
+                await asyncio.sleep(0.2)
+            return 0 if ok else 1
+    print("console: run `receiver demo --serve`, then open http://127.0.0.1:8000/ui/")
+    return 0 if ok else 1
+
+
+def _report(tasks: list[dict[str, Any]]) -> bool:
     ok = True
     for task in tasks:
         if task["status"] != "archived":
@@ -127,7 +154,7 @@ async def run_demo(folder: Path, count: int = 3, timeout: float = 60.0) -> int:
                 f"{obj['width']}x{obj['height']}, sha256 {obj['sha256'][:16]})"
             )
             print(f"  sidecar {os.path.relpath(obj['sidecar_uri'])}")
-    return 0 if ok else 1
+    return ok
 
 
 async def _wait_all(

@@ -51,6 +51,13 @@ class Unauthorized(ReceiverError):
     code = "unauthorized"
 
 
+class Forbidden(ReceiverError):
+    """Authenticated, but not allowed: a read-only console key, a missing CSRF token."""
+
+    status = 403
+    code = "forbidden"
+
+
 class SignatureError(Unauthorized):
     """A callback failed verification; ``cause`` feeds the verification-failure metric."""
 

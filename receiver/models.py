@@ -240,3 +240,26 @@ class RecordResult:
     duplicate: bool
     task: Task | None
     job_enqueued: bool = False
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks a gallery page, a live stream or a bulk action covers (all fields AND).
+
+    ``text`` is a prompt search: words, each matched as a word prefix. ``updated_before``
+    pins a bulk action to the tasks its confirmation counted."""
+
+    status: Status | None = None
+    provider: str | None = None
+    model: str | None = None
+    destination: str | None = None
+    reason: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    updated_before: float | None = None
+    text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value if self.status else None
+        return {k: v for k, v in data.items() if v is not None}

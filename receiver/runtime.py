@@ -113,6 +113,8 @@ class Runtime:
 
     def _on_ledger_change(self, channel: str) -> None:
         self.changes.notify(channel)
+        if channel.startswith("task:"):
+            self.changes.notify("tasks")  # any task changed: the console's live gallery
 
     def provider(self, name: str) -> Provider:
         found = self._providers.get(name)

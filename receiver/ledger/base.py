@@ -25,6 +25,7 @@ from ..models import (
     Status,
     StoredObject,
     Task,
+    TaskFilter,
 )
 
 Listener = Callable[[str], Awaitable[None] | None]
@@ -222,6 +223,44 @@ class Ledger(ABC):
     @abstractmethod
     async def purge_deliveries(self, older_than: float) -> int:
         """Forget delivery keys received before ``older_than`` (retention >= 7 days)."""
+
+    # --- the console (not abstract: only the SQL ledgers implement them) ------------------
+
+    async def search_tasks(
+        self, where: TaskFilter, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Task], str | None]:
+        """Newest first, filtered (prompt search included); the cursor continues the list."""
+        raise NotImplementedError
+
+    async def count_tasks(self, where: TaskFilter) -> int:
+        raise NotImplementedError
+
+    async def task_ids(self, where: TaskFilter, limit: int) -> list[str]:
+        """Ids of matching tasks, oldest first (bulk actions)."""
+        raise NotImplementedError
+
+    async def changed_tasks(self, where: TaskFilter, since: float, limit: int) -> list[Task]:
+        """Matching tasks whose ``updated_at`` is after ``since``, oldest change first."""
+        raise NotImplementedError
+
+    async def replay_failed(
+        self, task_id: str, outcome: Outcome, deadline: float | None, audit: dict[str, object]
+    ) -> Task | None:
+        """Like requeue_task, but only for a task still ``failed`` (None otherwise), so a bulk
+        replay sent twice archives each task once; ``audit`` goes into the event."""
+        raise NotImplementedError
+
+    async def audit(self, task_id: str, kind: str, data: dict[str, object]) -> None:
+        """Append an audit entry (``redelivered``) to the task's event log."""
+        raise NotImplementedError
+
+    async def task_activity(self, task_id: str) -> dict[str, list[dict[str, object]]]:
+        """The task's archive jobs and notifications, as rows (the task page)."""
+        raise NotImplementedError
+
+    async def ops_snapshot(self, since: float) -> dict[str, object]:
+        """Retrying jobs, callbacks and failures since ``since``, the notification backlog."""
+        raise NotImplementedError
 
     # --- cross-replica wake-ups -----------------------------------------------------------------
 

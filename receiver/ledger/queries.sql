@@ -186,3 +186,38 @@ WHERE id = :id AND lease_owner = :owner
 
 -- name: purge_deliveries
 DELETE FROM deliveries WHERE received_at < :before
+
+-- name: requeue_failed_task
+UPDATE tasks
+SET status = 'completed', outcome = :outcome, objects = '[]', failure_reason = NULL,
+    failure_message = NULL, archived_at = NULL, completed_at = :now, updated_at = :now
+WHERE id = :id AND status = 'failed'
+RETURNING *
+
+-- name: task_jobs
+SELECT id, state, attempts, last_error, next_attempt_at, created_at, updated_at
+FROM jobs WHERE task_id = :task_id ORDER BY id
+
+-- name: task_notifications
+SELECT id, event, url, state, attempts, last_error, next_attempt_at, created_at
+FROM notifications WHERE task_id = :task_id ORDER BY created_at
+
+-- name: retrying_jobs
+SELECT j.task_id, j.attempts, j.last_error, j.next_attempt_at, t.provider
+FROM jobs j JOIN tasks t ON t.id = j.task_id
+WHERE j.state = 'queued' AND j.attempts > 0
+ORDER BY j.next_attempt_at LIMIT :limit
+
+-- name: retrying_count
+SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued' AND attempts > 0
+
+-- name: deliveries_since
+SELECT provider, COUNT(*) AS n FROM deliveries WHERE received_at >= :since GROUP BY provider
+
+-- name: failures_since
+SELECT failure_reason AS reason, COUNT(*) AS n FROM tasks
+WHERE updated_at >= :since AND status = 'failed' GROUP BY failure_reason
+
+-- name: notification_backlog
+SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications
+WHERE state IN ('queued', 'leased', 'dead') GROUP BY state

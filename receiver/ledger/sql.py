@@ -31,6 +31,7 @@ from ..models import (
     Status,
     StoredObject,
     Task,
+    TaskFilter,
     new_id,
 )
 from .base import Backlog, Ledger, Listener
@@ -79,8 +80,7 @@ def migrations(dialect: str) -> list[tuple[int, list[str]]]:
         body = "\n".join(
             line for line in entry.read_text().splitlines() if not line.lstrip().startswith("--")
         )
-        statements = [s.strip() for s in body.split(";") if s.strip()]
-        found.append((version, statements))
+        found.append((version, split_statements(body)))
     return sorted(found)
 
 
@@ -113,6 +113,31 @@ def observed(dialect: str, fn: Callable[..., Any]) -> Iterator[None]:
         raise
     finally:
         metrics.LEDGER_TX.labels(dialect, op, outcome).observe(time.perf_counter() - start)
+
+
+_TRIGGER = re.compile(r"\bCREATE\s+(?:TEMP(?:ORARY)?\s+)?TRIGGER\b", re.I)
+_END = re.compile(r"\s*END\b", re.I)
+
+
+def split_statements(body: str) -> list[str]:
+    """Split a schema file on ``;``, keeping each ``CREATE TRIGGER … BEGIN …; END`` whole
+    (its body holds semicolons of its own). Other statements split exactly as before."""
+    statements: list[str] = []
+    trigger: str | None = None
+    for piece in body.split(";"):
+        if trigger is not None:
+            trigger += ";" + piece
+            if _END.match(piece):  # the piece after the body's last ';' starts with END
+                statements.append(trigger.strip())
+                trigger = None
+            continue
+        if _TRIGGER.search(piece):
+            trigger = piece
+        elif piece.strip():
+            statements.append(piece.strip())
+    if trigger is not None:
+        raise ValueError("a CREATE TRIGGER in a schema file has no END")
+    return statements
 
 
 class Cursor(Protocol):
@@ -593,3 +618,149 @@ class SqlLedger(Ledger):
 
     async def purge_deliveries(self, older_than: float) -> int:
         return await self._tx(lambda tx: tx.run("purge_deliveries", before=older_than))
+
+    # --- the console ---------------------------------------------------------------------------
+
+    def _filter_sql(self, where: TaskFilter) -> tuple[list[str], dict[str, Any]]:
+        """SQL conditions and parameters for ``where`` in this dialect."""
+        mark = "%({})s" if self.dialect == "postgres" else ":{}"
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+
+        def add(sql: str, value: Any) -> None:
+            name = f"f{len(params)}"
+            clauses.append(sql.format(mark.format(name)))
+            params[name] = value
+
+        for column, op, value in (
+            ("status", "=", where.status.value if where.status else None),
+            ("provider", "=", where.provider),
+            ("model", "=", where.model),
+            ("destination", "=", where.destination),
+            ("failure_reason", "=", where.reason),
+            ("created_at", ">=", where.created_after),
+            ("created_at", "<", where.created_before),
+            ("updated_at", "<=", where.updated_before),
+        ):
+            if value is not None:
+                add(f"{column} {op} {{}}", value)
+        words = search_words(where.text)
+        if words and self.dialect == "postgres":
+            add(
+                "to_tsvector('simple', prompt) @@ to_tsquery('simple', {})",
+                " & ".join(f"{w}:*" for w in words),
+            )
+        elif words:
+            add(
+                "id IN (SELECT task_id FROM tasks_fts WHERE tasks_fts MATCH {})",
+                " ".join(f'"{w}"*' for w in words),
+            )
+        return clauses, params
+
+    async def search_tasks(
+        self, where: TaskFilter, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Task], str | None]:
+        clauses, params = self._filter_sql(where)
+        if cursor is not None:
+            clauses.append("id < " + ("%(cursor)s" if self.dialect == "postgres" else ":cursor"))
+            params["cursor"] = cursor
+        sql = "SELECT * FROM tasks"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY id DESC LIMIT {int(limit) + 1}"
+        rows = await self._tx(lambda tx: tx.raw(sql, params), write=False)
+        tasks = [_task(r) for r in rows[:limit]]
+        return tasks, (tasks[-1].id if len(rows) > limit and tasks else None)
+
+    async def count_tasks(self, where: TaskFilter) -> int:
+        clauses, params = self._filter_sql(where)
+        sql = "SELECT COUNT(*) AS n FROM tasks"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        rows = await self._tx(lambda tx: tx.raw(sql, params), write=False)
+        return int(rows[0]["n"])
+
+    async def task_ids(self, where: TaskFilter, limit: int) -> list[str]:
+        clauses, params = self._filter_sql(where)
+        sql = "SELECT id FROM tasks"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY id LIMIT {int(limit)}"
+        rows = await self._tx(lambda tx: tx.raw(sql, params), write=False)
+        return [str(r["id"]) for r in rows]
+
+    async def changed_tasks(self, where: TaskFilter, since: float, limit: int) -> list[Task]:
+        clauses, params = self._filter_sql(where)
+        clauses.append("updated_at > " + ("%(since)s" if self.dialect == "postgres" else ":since"))
+        params["since"] = since
+        sql = (
+            "SELECT * FROM tasks WHERE "
+            + " AND ".join(clauses)
+            + f" ORDER BY updated_at LIMIT {int(limit)}"
+        )
+        rows = await self._tx(lambda tx: tx.raw(sql, params), write=False)
+        return [_task(r) for r in rows]
+
+    async def replay_failed(
+        self, task_id: str, outcome: Outcome, deadline: float | None, audit: dict[str, object]
+    ) -> Task | None:
+        def fn(tx: Tx) -> Task | None:
+            row = tx.one("requeue_failed_task", id=task_id, outcome=_dumps(outcome.to_json()))
+            if row is None:
+                return None
+            tx.run("kill_queued_jobs", task_id=task_id, error="replaced by a replay")
+            self._event(
+                tx,
+                task_id,
+                "completed",
+                {"images": len(outcome.images), "replay": True, **audit},
+            )
+            self._enqueue(tx, task_id, deadline)
+            return _task(row)
+
+        return await self._tx(fn)
+
+    async def audit(self, task_id: str, kind: str, data: dict[str, object]) -> None:
+        await self._tx(lambda tx: self._event(tx, task_id, kind, dict(data)))
+
+    async def task_activity(self, task_id: str) -> dict[str, list[dict[str, object]]]:
+        def fn(tx: Tx) -> dict[str, list[dict[str, object]]]:
+            return {
+                "jobs": tx.all("task_jobs", task_id=task_id),
+                "notifications": tx.all("task_notifications", task_id=task_id),
+            }
+
+        return await self._tx(fn, write=False)
+
+    async def ops_snapshot(self, since: float) -> dict[str, object]:
+        def fn(tx: Tx) -> dict[str, object]:
+            depth = tx.one("queue_depth") or {}
+            oldest = depth.get("oldest")
+            count = tx.one("retrying_count") or {}
+            return {
+                "queue_depth": int(depth.get("depth") or 0),
+                "oldest_job_age": max(0.0, tx.now - oldest) if oldest else 0.0,
+                "retrying": int(count.get("n") or 0),
+                "retrying_jobs": tx.all("retrying_jobs", limit=50),
+                "callbacks": {
+                    r["provider"]: int(r["n"]) for r in tx.all("deliveries_since", since=since)
+                },
+                "failures": {
+                    str(r["reason"]): int(r["n"]) for r in tx.all("failures_since", since=since)
+                },
+                "notifications": {
+                    r["state"]: {"count": int(r["n"]), "oldest": r["oldest"]}
+                    for r in tx.all("notification_backlog")
+                },
+            }
+
+        return await self._tx(fn, write=False)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def search_words(text: str | None) -> list[str]:
+    """The words of a prompt search (at most 8), lower case; punctuation and quotes are
+    dropped, so nothing in the text reaches the FTS5 / tsquery syntax."""
+    return _WORD.findall(text.lower())[:8] if text else []
