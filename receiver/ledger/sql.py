@@ -647,7 +647,7 @@ class SqlLedger(Ledger):
         words = search_words(where.text)
         if words and self.dialect == "postgres":
             add(
-                "to_tsvector('simple', prompt) @@ to_tsquery('simple', {})",
+                "to_tsvector('simple', translate(prompt, '<>', '  ')) @@ to_tsquery('simple', {})",
                 " & ".join(f"{w}:*" for w in words),
             )
         elif words:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from receiver.cli import parser
 from receiver.config import (
     BunnyDestination,
+    ConsoleSettings,
     FetchSettings,
     FilesystemDestination,
     NotifySettings,
@@ -44,6 +45,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`[worker]`", WorkerSettings),
     ("`[server]`", ServerSettings),
     ("`[provenance]`", ProvenanceSettings),
+    ("`[console]`", ConsoleSettings),
     ("`[providers.<name>]`", ProviderSettings),
     ("Destination type `filesystem`", FilesystemDestination),
     ("Destination type `s3`", S3Destination),
