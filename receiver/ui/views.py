@@ -218,9 +218,11 @@ async def _form(request: Request) -> dict[str, str]:
     """A URL-encoded form (the console posts no files), capped like every body. Parsed here
     rather than through Starlette's form parser, which would need python-multipart."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, _console(request).settings.server.max_body_bytes)
+    if not body:
+        return {}  # an empty form: the CSRF check refuses it
     if kind != "application/x-www-form-urlencoded":
         raise BadRequest("expected a URL-encoded form")
-    body = await read_body(request, _console(request).settings.server.max_body_bytes)
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=64)
     except (UnicodeDecodeError, ValueError):
