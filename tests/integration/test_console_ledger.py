@@ -16,7 +16,7 @@ from receiver.ledger.sql import SqlLedger, migrations, split_statements
 from receiver.ledger.sqlite import SqliteLedger
 from receiver.models import Outcome, OutcomeStatus, Reason, Status, TaskFilter
 
-from .ledger_contract import OK, new, obj
+from ..unit.ledger_contract import OK, new, obj
 
 pytestmark = pytest.mark.anyio
 FAILED = Outcome(status=OutcomeStatus.FAILED, error_code="internal", error_message="boom")
