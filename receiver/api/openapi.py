@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..submit import TaskRequest
+from .bulk import BulkRequest, BulkResult
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TASK = {"$ref": "#/components/schemas/Task"}
@@ -120,6 +121,7 @@ def spec() -> dict[str, Any]:
                 "Task": task,
                 "StoredObject": obj,
                 "Error": error,
+                **_bulk_schemas(),
             },
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
@@ -179,6 +181,12 @@ def spec() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/tasks/replay": _bulk_path(
+                "Replay every failed task a filter matches (dry_run: only count)"
+            ),
+            "/v1/tasks/redeliver": _bulk_path(
+                "Redeliver the notifications of every ended task a filter matches"
+            ),
             "/v1/tasks/{task_id}": {
                 "get": {
                     "summary": "One task",
@@ -261,6 +269,39 @@ def spec() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def _bulk_schemas() -> dict[str, Any]:
+    """BulkRequest, BulkResult and the models they use, with references into components."""
+    out: dict[str, Any] = {}
+    for model in (BulkRequest, BulkResult):
+        schema = model.model_json_schema(ref_template=_REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+def _bulk_path(summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"apiKey": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF.format(model="BulkRequest")}}
+                },
+            },
+            "responses": {
+                "200": _json({"$ref": _REF.format(model="BulkResult")}, "Dry run: the count"),
+                "202": _json({"$ref": _REF.format(model="BulkResult")}, "Done"),
+                **_errors(400, 401, 413, 422),
+            },
+        }
     }
 
 

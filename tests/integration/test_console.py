@@ -447,3 +447,28 @@ async def test_console_can_be_turned_off(tmp_path: Path) -> None:
         assert (await client.get(f"{stack.base}/healthz")).status_code == 200
 
 
+def test_bulk_routes_are_in_the_openapi_document() -> None:
+    from receiver.api.openapi import spec
+
+    doc = spec()
+    schemas = doc["components"]["schemas"]
+    for path in ("/v1/tasks/replay", "/v1/tasks/redeliver"):
+        post = doc["paths"][path]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/BulkRequest"}
+        assert {"200", "202", "401", "422"} <= set(post["responses"])
+    assert set(schemas["BulkFilter"]["properties"]) == {
+        "status",
+        "provider",
+        "model",
+        "destination",
+        "reason",
+        "since",
+        "until",
+        "q",
+        "as_of",
+    }
+    assert "matched" in schemas["BulkResult"]["required"]
+    text = json.dumps(doc)
+    for ref in set(re.findall(r"#/components/schemas/(\w+)", text)):
+        assert ref in schemas, ref
