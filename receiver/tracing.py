@@ -225,6 +225,17 @@ def span(
 
 
 @contextlib.contextmanager
+def child_span(name: str, attributes: Attributes | None = None) -> Iterator[Span]:
+    """A span only inside a traced operation: the ledger calls of the background loops'
+    idle polling would otherwise each start a trace of their own, every second."""
+    if _tracer is None or not otel_trace.get_current_span().get_span_context().is_valid:
+        yield _NOOP
+        return
+    with span(name, attributes) as current:
+        yield current
+
+
+@contextlib.contextmanager
 def server_span(method: str, route: str, headers: Mapping[str, str]) -> Iterator[Span]:
     """The span of one HTTP request, named by its route template, continuing the caller's
     trace when it sent a ``traceparent``."""

@@ -101,7 +101,7 @@ def observed(dialect: str, fn: Callable[..., Any]) -> Iterator[None]:
     outcome = "ok"
     start = time.perf_counter()
     try:
-        with tracing.span(
+        with tracing.child_span(
             f"ledger {op}", {"db.system": _DB_SYSTEM.get(dialect, dialect), "db.operation.name": op}
         ):
             yield

@@ -281,6 +281,7 @@ class Collector:
                                 {
                                     "name": span.name,
                                     "trace_id": span.trace_id.hex(),
+                                    "parent": span.parent_span_id.hex(),
                                     "links": [link.trace_id.hex() for link in span.links],
                                     "attributes": {
                                         a.key: getattr(a.value, a.value.WhichOneof("value"))
@@ -361,20 +362,24 @@ def test_one_trace_from_submit_to_notify_when_another_process_takes_the_callback
     assert {"POST /v1/tasks", "provider submit", "receiver.archive", "fetch"} <= names_a
     assert {"store image", "store sidecar", "receiver.notify", "ledger create_task"} <= names_a
     assert "receiver.callback" not in names_a, "process A handled the callback itself"
-    task_spans = [
-        s
-        for s in local
-        if s.name in ("POST /v1/tasks", "receiver.archive", "receiver.notify")
-        or s.name.startswith(("store ", "fetch", "provider "))
-    ]
-    assert {format(s.context.trace_id, "032x") for s in task_spans} == {app_trace}
-    [archive] = [s for s in local if s.name == "receiver.archive"]
+    # Everything process A recorded is this task's, in the application's trace: the idle
+    # polling of its background loops starts no traces of its own.
+    assert {format(s.context.trace_id, "032x") for s in local} == {app_trace}
+    by_name = {s.name: s for s in local}
+    post, archive = by_name["POST /v1/tasks"], by_name["receiver.archive"]
+    assert post.parent is not None and format(post.parent.span_id, "016x") == traceparent[36:52]
     assert dict(archive.attributes or {})["receiver.task_id"] == task_id
+    # Submission's trace context is the parent of the later steps; their work nests inside.
+    assert archive.parent is not None and archive.parent.span_id == post.context.span_id
+    assert by_name["receiver.notify"].parent.span_id == post.context.span_id  # type: ignore[union-attr]
+    for child in ("fetch", "store image", "store sidecar", "ledger finish_job"):
+        assert by_name[child].parent.span_id == archive.context.span_id, child  # type: ignore[union-attr]
 
     # Process B's callback handling joined the same trace through the ledger.
     [callback] = collector.named("receiver.callback")
     assert callback["service"] == "receiver-b"
     assert callback["trace_id"] == app_trace
+    assert callback["parent"] == format(post.context.span_id, "016x")
     [verify] = collector.named("receiver.verify_callback")
     assert verify["trace_id"] == app_trace
     assert any(s["trace_id"] == app_trace for s in collector.named("ledger record_outcome"))

@@ -354,3 +354,33 @@ class LedgerContract:
 
     async def test_ping(self, ledger: Ledger) -> None:
         await ledger.ping()
+
+    async def test_trace_context_is_kept_with_the_task(self, ledger: Ledger) -> None:
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        task, _ = await ledger.create_task(new(traceparent=traceparent))
+        assert (await ledger.get_task(task.id)).traceparent == traceparent  # type: ignore[union-attr]
+        assert await ledger.trace_context(task.id) == traceparent
+        untraced, _ = await ledger.create_task(new())
+        assert await ledger.trace_context(untraced.id) is None
+        assert await ledger.trace_context("tsk_missing") is None
+
+    async def test_backlog_counts_what_waits_by_state_and_provider(self, ledger: Ledger) -> None:
+        empty = await ledger.backlog()
+        assert empty.jobs == {} and empty.submitted == {} and empty.notifications == {}
+        waiting, _ = await ledger.create_task(new(provider="bfl"))
+        done, _ = await ledger.create_task(new(notify_url="https://app.example/h"))
+        queued, _ = await ledger.create_task(new())
+        for task in (done, queued):
+            await ledger.record_outcome(task.id, OK, provider="s", delivery_key=None, deadline=None)
+        jobs = await ledger.claim_jobs("w", 1, 300)
+        assert [j.task_id for j in jobs] == [done.id]
+        await ledger.finish_job(jobs[0].id, "w", [obj(done.id)])
+        await ledger.record_outcome(queued.id, OK, provider="s", delivery_key="x", deadline=None)
+        backlog = await ledger.backlog()
+        assert backlog.jobs == {"queued": 1}
+        assert set(backlog.oldest_job) == {"simulated"} and backlog.oldest_job["simulated"] >= 0
+        assert backlog.submitted == {"bfl": (1, backlog.submitted["bfl"][1])}
+        assert backlog.notifications == {"queued": 1} and backlog.oldest_notification >= 0
+        assert len(await ledger.claim_jobs("w", 5, 300)) == 1
+        assert (await ledger.backlog()).jobs == {"leased": 1}
+        assert waiting.status is Status.SUBMITTED
