@@ -42,6 +42,7 @@ def routes() -> list[Route]:
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
+        Route("/docs", openapi.docs_endpoint, methods=["GET"]),
     ]
 
 

@@ -73,6 +73,10 @@ class ServerSettings(_Section):
     signature_tolerance_seconds: int = Field(default=300, gt=0)
     max_metadata_bytes: int = Field(default=16 * 1024, gt=0)
     access_log: bool = True
+    # The API reference page (/docs) loads Redoc from here; /openapi.json itself works offline.
+    docs_script_url: str = (
+        "https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"  # Redoc's documented CDN
+    )
 
     _split = field_validator("trusted_proxies", "cors_origins", mode="before")(_split_commas)
 

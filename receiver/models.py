@@ -145,45 +145,11 @@ class Task:
     traceparent: str | None = None  # the submission's trace, continued by later steps
 
     def public(self) -> dict[str, Any]:
-        """The task as the API shows it (contract: GET /v1/tasks/{id})."""
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "provider_task_id": self.provider_task_id,
-            "model": self.model,
-            "prompt": self.prompt,
-            "params": self.params,
-            "destination": self.destination,
-            "metadata": self.metadata,
-            "notify_url": self.notify_url,
-            "status": self.status.value,
-            "failure": (
-                {"reason": self.failure_reason, "message": self.failure_message}
-                if self.status is Status.FAILED
-                else None
-            ),
-            "objects": [
-                {
-                    "uri": o.uri,
-                    "sidecar_uri": o.sidecar_uri,
-                    "sha256": o.sha256,
-                    "bytes": o.bytes,
-                    "content_type": o.content_type,
-                    "width": o.width,
-                    "height": o.height,
-                    # What the image's C2PA manifest says (a badge: its "status").
-                    "provenance": (o.sidecar or {}).get("provenance"),
-                }
-                for o in self.objects
-            ],
-            "seed": self.outcome.seed if self.outcome else None,
-            "cost": self.outcome.cost if self.outcome else None,
-            "created_at": self.created_at,
-            "submitted_at": self.submitted_at,
-            "completed_at": self.completed_at,
-            "archived_at": self.archived_at,
-            "updated_at": self.updated_at,
-        }
+        """The task as the API shows it (contract: GET /v1/tasks/{id}), rendered by its view
+        model, which also documents it in /openapi.json."""
+        from .views import TaskView
+
+        return TaskView.of(self).model_dump(mode="json")
 
 
 @dataclass(frozen=True)

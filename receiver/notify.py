@@ -20,13 +20,15 @@ from .errors import LedgerUnavailable, ReceiverError
 from .models import Notification, Task
 from .runtime import Runtime
 from .signatures import standard_sign
+from .views import NotificationPayload, NotifiedObject, NotifiedTask, TaskView
 
 log = logging.getLogger(__name__)
 
 
 async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> dict[str, Any]:
     """The task, and for each archived object its location, a presigned link where the
-    destination can make one, and its sidecar."""
+    destination can make one, and its sidecar (documented as NotificationPayload in the
+    ``webhooks`` section of /openapi.json)."""
     objects = []
     dest = rt.destinations.get(task.destination)
     for obj in task.objects:
@@ -35,20 +37,26 @@ async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> d
             with contextlib.suppress(ReceiverError):
                 presigned = await dest.presign(obj.key, rt.settings.notify.presign_seconds)
         objects.append(
-            {
-                "index": obj.index,
-                "uri": obj.uri,
-                "sidecar_uri": obj.sidecar_uri,
-                "sha256": obj.sha256,
-                "bytes": obj.bytes,
-                "content_type": obj.content_type,
-                "presigned_url": presigned,
-                "sidecar": obj.sidecar,
-            }
+            NotifiedObject(
+                index=obj.index,
+                uri=obj.uri,
+                sidecar_uri=obj.sidecar_uri,
+                sha256=obj.sha256,
+                bytes=obj.bytes,
+                content_type=obj.content_type,
+                presigned_url=presigned,
+                sidecar=obj.sidecar,
+            )
         )
-    data = task.public()
-    data["objects"] = objects
-    return {"id": event_id, "type": event, "timestamp": int(rt.clock.now()), "data": data}
+    view = TaskView.of(task).model_dump()
+    view["objects"] = objects
+    payload = NotificationPayload(
+        id=event_id,
+        type=event,  # type: ignore[arg-type]
+        timestamp=int(rt.clock.now()),
+        data=NotifiedTask(**view),
+    )
+    return payload.model_dump(mode="json")
 
 
 class Notifier:

@@ -277,9 +277,7 @@ def read_bytes(data: bytes, content_type: str, trust_anchors: str | None = None)
     except (c2pa.C2paError, ValueError, TypeError, UnicodeError) as exc:
         # The asset or its manifest store would not parse: truncated, malformed or hostile.
         # Whether a store was there at all is told by its JUMBF label, looked for plainly.
-        return _block(
-            UNREADABLE, present=b"c2pa" in data, validates=False, reason=_text(str(exc))
-        )
+        return _block(UNREADABLE, present=b"c2pa" in data, validates=False, reason=_text(str(exc)))
     if not isinstance(store, dict):
         return _block(UNREADABLE, present=True, validates=False, reason="manifest is not JSON")
     return summarize(store)

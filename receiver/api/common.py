@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import BadRequest, PayloadTooLarge, ReceiverError
 from ..runtime import Runtime
+from ..views import ErrorEnvelope
+
+
+def render(view: BaseModel, status: int = 200) -> JSONResponse:
+    """A response from its view model (the model /openapi.json documents it with)."""
+    return JSONResponse(view.model_dump(mode="json"), status_code=status)
 
 
 def error_json(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    return render(ErrorEnvelope.of(code, message), status)
 
 
 def from_error(exc: ReceiverError) -> JSONResponse:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from functools import partial
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from .. import intake
-from .common import read_body, runtime
+from ..views import AccountHookAnswer, HookAnswer
+from .common import read_body, render, runtime
 
 
 async def task_hook(request: Request) -> Response:
@@ -22,7 +23,7 @@ async def task_hook(request: Request) -> Response:
         request.headers,
         partial(read_body, request),
     )
-    return JSONResponse({"status": accepted.status})
+    return render(HookAnswer(status=accepted.status))
 
 
 async def account_hook(request: Request) -> Response:
@@ -33,4 +34,4 @@ async def account_hook(request: Request) -> Response:
         request.headers,
         partial(read_body, request),
     )
-    return JSONResponse({"status": accepted.status, "task_id": accepted.task_id})
+    return render(AccountHookAnswer(status=accepted.status, task_id=accepted.task_id))

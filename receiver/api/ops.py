@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from .common import error_json, runtime
+from ..views import HealthView, ReadyView
+from .common import error_json, render, runtime
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return render(HealthView(status="ok"))
 
 
 async def readyz(request: Request) -> Response:
@@ -18,7 +19,7 @@ async def readyz(request: Request) -> Response:
     if getattr(request.app.state, "draining", False):
         return error_json(503, "draining", "shutting down")
     await rt.ledger.ping()  # LedgerUnavailable is answered 503 by the app
-    return JSONResponse({"status": "ready"})
+    return render(ReadyView(status="ready"))
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -6,13 +6,14 @@ import hmac
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from ..models import OutcomeStatus, Status
 from ..signatures import access_token, verify_access_token
 from ..submit import TaskRequest, create_and_submit
-from .common import parse_object, read_body, runtime
+from ..views import CreatedTaskView, RedeliveryView, TaskPage, TaskView
+from .common import parse_object, read_body, render, runtime
 
 
 def _bearer(request: Request) -> str | None:
@@ -53,11 +54,6 @@ def require_task_access(request: Request, task_id: str) -> None:
     )
 
 
-def _with_token(request: Request, data: dict[str, object], task_id: str) -> dict[str, object]:
-    data["access_token"] = access_token(runtime(request).settings.secret_keys, task_id)
-    return data
-
-
 async def create_task(request: Request) -> Response:
     rt = runtime(request)
     require_api_key(request)
@@ -72,9 +68,9 @@ async def create_task(request: Request) -> Response:
     if key is not None and not 1 <= len(key) <= 200:
         raise ValidationFailed("Idempotency-Key", "must be 1 to 200 characters")
     task, created = await create_and_submit(rt, req, key)
-    return JSONResponse(
-        _with_token(request, task.public(), task.id), status_code=202 if created else 200
-    )
+    token = access_token(rt.settings.secret_keys, task.id)
+    view = CreatedTaskView(**dict(TaskView.of(task)), access_token=token)
+    return render(view, 202 if created else 200)
 
 
 async def get_task(request: Request) -> Response:
@@ -84,7 +80,7 @@ async def get_task(request: Request) -> Response:
     task = await rt.ledger.get_task(task_id)
     if task is None:
         raise NotFound("no such task")
-    return JSONResponse(task.public())
+    return render(TaskView.of(task))
 
 
 async def list_tasks(request: Request) -> Response:
@@ -109,7 +105,7 @@ async def list_tasks(request: Request) -> Response:
         cursor=q.get("cursor"),
         limit=limit,
     )
-    return JSONResponse({"tasks": [t.public() for t in tasks], "next_cursor": cursor})
+    return render(TaskPage(tasks=[TaskView.of(t) for t in tasks], next_cursor=cursor))
 
 
 async def replay_task(request: Request) -> Response:
@@ -131,7 +127,7 @@ async def replay_task(request: Request) -> Response:
         raise Conflict(f"the provider reports the task {outcome.status.value}")
     deadline = provider.deadline_for(outcome, rt.clock.now())
     task = await rt.ledger.requeue_task(task_id, outcome, deadline)
-    return JSONResponse(task.public(), status_code=202)
+    return render(TaskView.of(task), 202)
 
 
 async def redeliver_task(request: Request) -> Response:
@@ -142,4 +138,4 @@ async def redeliver_task(request: Request) -> Response:
     note = await rt.ledger.redeliver(task_id)
     if note is None:
         raise Conflict("the task has not ended or has no notify_url")
-    return JSONResponse({"event_id": note.id, "url": note.url}, status_code=202)
+    return render(RedeliveryView(event_id=note.id, url=note.url), 202)

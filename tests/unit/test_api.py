@@ -21,6 +21,8 @@ from receiver.models import NewTask, Reason, Status, StoredObject
 from receiver.signatures import standard_sign
 from receiver.testing import API_KEY, MemoryRuntime, memory_runtime
 
+from .openapi_check import validate_response
+
 pytestmark = pytest.mark.anyio
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
@@ -29,9 +31,12 @@ MYNTH_SECRET = "whsec_" + "bXludGgtYWNjb3VudC1zZWNyZXQtZm9yLXRlc3Rz"
 
 
 def client_for(rt: MemoryRuntime) -> httpx.AsyncClient:
+    """A client on the app in process; every response it gets is held to /openapi.json."""
     app = create_app(rt.settings, runtime=rt, background=False)
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=rt.settings.public_url
+        transport=httpx.ASGITransport(app=app),
+        base_url=rt.settings.public_url,
+        event_hooks={"response": [validate_response]},
     )
 
 
