@@ -21,7 +21,11 @@ class View(BaseModel):
 
 
 class FailureView(View):
-    reason: Reason
+    reason: str = Field(
+        description="provider_error, moderated, expired, fetch_failed, store_failed or "
+        "unparsed_response",
+        examples=[r.value for r in Reason],
+    )
     message: str | None
 
 
@@ -78,7 +82,7 @@ class TaskView(View):
             notify_url=task.notify_url,
             status=task.status,
             failure=(
-                FailureView(reason=Reason(task.failure_reason), message=task.failure_message)
+                FailureView(reason=task.failure_reason, message=task.failure_message)
                 if task.status is Status.FAILED and task.failure_reason
                 else None
             ),

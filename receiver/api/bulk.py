@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from ..errors import ReceiverError, ValidationFailed
+from ..errors import ValidationFailed
 from ..replay import bulk, key_label, parse_filter
-from .common import from_error, parse_object, read_body, runtime
+from .common import parse_object, read_body, render, runtime
 from .tasks import _bearer, require_api_key
 
 
@@ -61,22 +61,18 @@ class BulkResult(BaseModel):
 
 async def _bulk(request: Request, action: str) -> Response:
     rt = runtime(request)
+    require_api_key(request)
+    body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
     try:
-        require_api_key(request)
-        body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
-        try:
-            req = BulkRequest.model_validate(body)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ValidationFailed(".".join(str(p) for p in err["loc"]), err["msg"]) from None
-        where = parse_filter(req.filter.model_dump(exclude_none=True))
-        result = await bulk(
-            rt, action, where, actor="api:" + key_label(_bearer(request) or ""), dry_run=req.dry_run
-        )
-    except ReceiverError as exc:
-        return from_error(exc)
-    answer = BulkResult.model_validate(result.to_json())
-    return JSONResponse(answer.model_dump(), status_code=200 if req.dry_run else 202)
+        req = BulkRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValidationFailed(".".join(str(p) for p in err["loc"]), err["msg"]) from None
+    where = parse_filter(req.filter.model_dump(exclude_none=True))
+    result = await bulk(
+        rt, action, where, actor="api:" + key_label(_bearer(request) or ""), dry_run=req.dry_run
+    )
+    return render(BulkResult.model_validate(result.to_json()), 200 if req.dry_run else 202)
 
 
 async def bulk_replay(request: Request) -> Response:

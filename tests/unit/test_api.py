@@ -468,3 +468,16 @@ async def test_events_wake_on_a_change_committed_while_streaming(
         "failed",
     ]
     assert channel not in rt.changes._events  # unsubscribed at the end
+
+
+async def test_bulk_replay_counts_first_then_acts_on_exactly_those(
+    rt: MemoryRuntime, api: httpx.AsyncClient
+) -> None:
+    task = await rt.completed_task(["https://cdn.example/0.png"])
+    await rt.ledger.fail_task(task.id, Reason.EXPIRED, "late")
+    body = {"filter": {"status": "failed", "provider": "simulated"}, "dry_run": True}
+    dry = await api.post("/v1/tasks/replay", json=body, headers=AUTH)
+    assert dry.status_code == 200 and dry.json()["matched"] == 1
+    bad = await api.post("/v1/tasks/redeliver", json={"filter": {"colour": 1}}, headers=AUTH)
+    assert bad.status_code == 422 and error_code(bad) == "validation_failed"
+    assert (await api.post("/v1/tasks/replay", json={}, headers={})).status_code == 401
