@@ -216,6 +216,9 @@ def test_no_token_reaches_a_log_line_a_span_or_a_metric_label(
             for provider in ("simulated", "bfl", "replicate"):
                 r = client.post(f"/v1/hooks/{provider}/{forged}", content=b"{}")
                 assert r.status_code in (400, 401), r.text
+            # A token where the provider's name goes, on both hook routes.
+            assert client.post(f"/v1/hooks/{forged}/{forged}", content=b"{}").status_code == 404
+            assert client.post(f"/v1/hooks/{forged}", content=b"{}").status_code == 404
             access = secrets.token_urlsafe(18)
             sent.add(access)
             r = client.get(f"/v1/tasks/{tasks[0]['id']}", params={"access_token": access})
