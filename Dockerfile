@@ -10,12 +10,16 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# pyproject.toml names README.md as the long description, so the build needs it too.
-COPY pyproject.toml README.md ./
+# pyproject.toml names README.md as the long description and LICENSE as its license file, so
+# the build needs them too; requirements.lock pins every dependency with its hashes.
+COPY pyproject.toml README.md LICENSE requirements.lock ./
 COPY receiver ./receiver
-# The project wheel plus wheels of every dependency (all publish manylinux wheels, so no
-# compiler is needed); the runtime stage installs from these offline.
-RUN pip wheel --wheel-dir /wheels .
+# Wheels of every dependency exactly as locked (all publish manylinux wheels, so no compiler is
+# needed), then the project's own wheel without resolving anything; the runtime stage installs
+# from these offline. Regenerate the lock with the command at its top.
+RUN pip wheel --wheel-dir /wheels --require-hashes -r requirements.lock \
+    && pip wheel --wheel-dir /wheels --no-deps . \
+    && cp requirements.lock /wheels/
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONUNBUFFERED=1 \
@@ -28,7 +32,9 @@ RUN groupadd --system --gid 10001 receiver \
        --create-home --shell /usr/sbin/nologin receiver
 # Bind-mount the wheels instead of COPYing them, so they never become a layer of the image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels receiver
+    pip install --no-index --find-links=/wheels --require-hashes -r /wheels/requirements.lock \
+    && pip install --no-index --no-deps /wheels/flux_receiver-*.whl \
+    && pip check
 # The defaults (sqlite:///receiver.db, a local "archive" folder) resolve here, in a folder the
 # service user owns; real deployments set RECEIVER_LEDGER_URL and an S3 destination instead.
 WORKDIR /var/lib/receiver

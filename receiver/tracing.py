@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing, optional: ``pip install 'receiver[otel]'``.
+"""OpenTelemetry tracing, optional: ``pip install 'flux-receiver[otel]'``.
 
 Everything here is a no-op until a tracer is installed, either from the standard ``OTEL_*``
 environment variables by :func:`setup` (the CLI calls it) or by a test with :func:`install`.

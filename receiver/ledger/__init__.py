@@ -22,6 +22,15 @@ def open_ledger(url: str) -> Ledger:
 
         return MemoryLedger()
     if url.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            # The drivers are an extra: SQLite-only installs do not carry them.
+            raise ConfigError(
+                "ledger_url: postgresql:// needs the PostgreSQL driver; "
+                "install it with: pip install 'flux-receiver[postgres]'"
+            ) from None
         from .postgres import PostgresLedger
 
         return PostgresLedger(url)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,19 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f'secret_keys = ["{KEY}"]\napi_keys = ["a1"]\n')
     assert load_settings(None, {"RECEIVER_CONFIG": str(path)}).api_keys == ["a1"]
+
+
+@pytest.mark.parametrize("module", ["psycopg", "psycopg_pool"])
+def test_postgres_ledger_without_the_extra_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """psycopg is the [postgres] extra; without it a postgresql:// ledger names what to install
+    (tests/integration/test_packaging.py checks the same in a real environment without it)."""
+    from receiver.ledger import open_ledger
+
+    monkeypatch.setitem(sys.modules, module, None)  # import now fails
+    with pytest.raises(ConfigError) as caught:
+        open_ledger("postgresql://u@127.0.0.1/db")
+    message = caught.value.message
+    assert "\n" not in message and "pip install 'flux-receiver[postgres]'" in message
+    assert message.startswith("ledger_url: ")

@@ -222,6 +222,38 @@ def test_dockerfile_builds_a_wheel_in_one_stage_and_installs_it_in_a_slim_one(
         assert not re.search(r"apt-get install|gcc|build-essential", run.args), run.args
 
 
+def _dist_name(requirement: str) -> str:
+    """``psycopg[binary]>=3.2.1`` → ``psycopg``, normalised as the index does."""
+    name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
+    assert name, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def test_dockerfile_installs_exactly_the_locked_dependencies(stages: list[Stage]) -> None:
+    """Reproducible images: every dependency comes from requirements.lock, pinned and hashed,
+    and the lock covers everything the package and its [postgres] extra ask for."""
+    build, final = stages
+    assert any("requirements.lock" in c.args for c in build.all("COPY"))
+    wheels = " ".join(run.args for run in build.all("RUN"))
+    assert "--require-hashes -r requirements.lock" in wheels
+    assert "--no-deps ." in wheels  # the project's wheel resolves nothing of its own
+    [install] = [run.args for run in final.all("RUN") if "pip install" in run.args]
+    assert "--require-hashes -r /wheels/requirements.lock" in install
+    assert "--no-deps /wheels/flux_receiver-" in install
+
+    lock = (ROOT / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", lock, re.M))
+    assert pins
+    entries = re.split(r"\n(?=[a-z0-9])", lock.split("\n", 2)[2])
+    for entry in entries:
+        assert "--hash=sha256:" in entry, f"no hash for {entry.splitlines()[0]}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["postgres"]
+    missing = {_dist_name(r) for r in wanted} - set(pins)
+    assert not missing, f"requirements.lock lacks {sorted(missing)}: regenerate it"
+    assert "--extra postgres" in lock.splitlines()[1]
+
+
 def test_dockerfile_runs_as_a_non_root_user_it_creates(stages: list[Stage]) -> None:
     final = stages[-1]
     user = final.last("USER")
