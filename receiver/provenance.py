@@ -20,7 +20,8 @@ import functools
 import io
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import weakref
 from datetime import datetime
 from typing import IO, Any
 
@@ -45,10 +46,14 @@ TRUSTED, VALID, INVALID, ABSENT, UNREADABLE, SKIPPED = (
     "skipped",
 )
 
-# A few threads of its own, so a manifest that makes the native reader spin cannot take the
-# default executor's threads (the ledger and the stores use those). A wedged thread cannot be
-# killed; later reads then wait in the queue and run out of their budget, recorded as skipped.
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="receiver-c2pa")
+# At most this many reads run at once, each in a daemon thread of its own: the default executor
+# (the ledger and the stores use it) is never tied up, and a thread wedged in native code on a
+# hostile manifest keeps neither the process from exiting nor more than its one slot. Once every
+# slot is wedged, later reads wait, run out of their budget and are recorded as skipped.
+READERS = 4
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def skipped(reason: str) -> dict[str, Any]:
@@ -291,6 +296,42 @@ def _copy(file: IO[bytes], limit: int) -> bytes:
         file.seek(0)
 
 
+async def _in_thread(data: bytes, content_type: str, anchors: str | None) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(READERS)
+    await slots.acquire()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def settle(result: dict[str, Any] | None, error: BaseException | None) -> None:
+        slots.release()  # by the thread's end, not by the awaiting task: it may have given up
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or {})
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = read_bytes(data, content_type, anchors)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop has closed meanwhile: nobody is waiting
+            pass
+
+    try:
+        threading.Thread(target=work, name="receiver-c2pa", daemon=True).start()
+    except BaseException:
+        slots.release()
+        raise
+    return await done
+
+
 async def read(file: IO[bytes], content_type: str, settings: ProvenanceSettings) -> dict[str, Any]:
     """The provenance block of an archived image, within the time budget; never raises."""
     if not settings.read_c2pa:
@@ -301,9 +342,9 @@ async def read(file: IO[bytes], content_type: str, settings: ProvenanceSettings)
         data = await asyncio.to_thread(_copy, file, settings.max_bytes + 1)
         if len(data) > settings.max_bytes:
             return skipped(f"image larger than provenance.max_bytes ({settings.max_bytes})")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(_POOL, read_bytes, data, content_type, settings.trust_anchors)
-        return await asyncio.wait_for(future, settings.timeout_seconds)
+        return await asyncio.wait_for(
+            _in_thread(data, content_type, settings.trust_anchors), settings.timeout_seconds
+        )
     except TimeoutError:
         limit = settings.timeout_seconds
         log.warning("C2PA read took longer than %.1fs; recorded as skipped", limit)

@@ -161,22 +161,32 @@ async def test_size_budget_skips_large_images(signed: bytes, tmp_path: Path) -> 
 async def test_time_budget_records_a_slow_read_and_moves_on(
     signed: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A read that does not finish in time is recorded as skipped; the reader thread is not
-    waited for (it is released afterwards, so the test leaves nothing behind)."""
+    """A read that does not finish in time is recorded as skipped and the job moves on. A
+    wedged reader holds its slot until it ends: with every slot wedged, later reads run out of
+    their budget waiting; once it ends, reading works again."""
     release = threading.Event()
+    real = provenance.read_bytes
 
     def stuck(data: bytes, content_type: str, anchors: str | None = None) -> dict[str, Any]:
         release.wait(30)
         return provenance.skipped("released")
 
+    monkeypatch.setattr(provenance, "READERS", 1)
     monkeypatch.setattr(provenance, "read_bytes", stuck)
     file = (tmp_path / "x.png").open("w+b")
     file.write(signed)
+    budget = ProvenanceSettings(timeout_seconds=0.05)
     try:
-        block = await provenance.read(file, "image/png", ProvenanceSettings(timeout_seconds=0.05))
+        first = await provenance.read(file, "image/png", budget)
+        monkeypatch.setattr(provenance, "read_bytes", real)
+        second = await provenance.read(file, "image/png", budget)  # waits for the slot
     finally:
         release.set()
-    assert block["status"] == "skipped" and "timeout_seconds" in block["reason"]
+    for block in (first, second):
+        assert block["status"] == "skipped" and "timeout_seconds" in block["reason"]
+    third = await provenance.read(file, "image/png", ProvenanceSettings(timeout_seconds=30))
+    assert third["status"] == "valid"
+    assert all(t.daemon for t in threading.enumerate() if t.name == "receiver-c2pa")
 
 
 async def test_reader_errors_never_escape(
