@@ -1,4 +1,4 @@
-"""Command line: ``receiver serve|worker|submit|status|tasks|demo|simulate|check``."""
+"""Command line: ``receiver serve|worker|submit|status|tasks|demo|simulate|check|completion``."""
 
 from __future__ import annotations
 
@@ -297,6 +297,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(Path(args.dir), count=args.count, serve=args.serve, port=args.port))
 
 
+SHELLS = ("bash", "zsh", "tcsh")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Completion scripts generated from the parser itself by shtab (static: no Python runs
+    on each Tab press, unlike argcomplete), so they never drift from the options."""
+    import shtab
+
+    print(shtab.complete(parser(), shell=args.shell), end="")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .check import run_checks
 
@@ -307,13 +319,64 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless there is none to show (flags, options
+    whose help already says where their default comes from)."""
+
+    def __init__(self, prog: str, **kw: Any) -> None:
+        # Room for the longest command name, so each command's summary stays on its line.
+        kw.setdefault("max_help_position", 28)
+        super().__init__(prog, **kw)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        # argparse measures the command list two columns shallower than it prints it, which
+        # pushes the longest names' summaries onto a line of their own.
+        if isinstance(action, argparse._SubParsersAction) and action.choices:
+            width = max(map(len, action.choices)) + self._current_indent + 4
+            self._action_max_length = max(self._action_max_length, width)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if "default" in text or not action.option_strings or unset:
+            return text
+        if action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+DESCRIPTION = (
+    "Submit FLUX-family image tasks with webhooks, verify the callbacks, and archive every "
+    "image with its sidecars."
+)
+EPILOG = (
+    "'receiver COMMAND --help' shows a command's options and their defaults; "
+    "'receiver completion bash' (or zsh, tcsh) prints a shell completion script."
+)
+
+
+def _complete(action: argparse.Action, kind: str) -> argparse.Action:
+    """Tell shtab what an option's value is (a file or a folder) for the completion scripts."""
+    action.complete = {  # type: ignore[attr-defined]
+        "file": {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"},
+        "dir": {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"},
+    }[kind]
+    return action
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="receiver", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter
+    )
     p.add_argument("--version", action="version", version=f"receiver {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=_Formatter)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", help="TOML file (default: $RECEIVER_CONFIG)")
+        _complete(sp.add_argument("--config", help="TOML file (default: $RECEIVER_CONFIG)"), "file")
         return sp
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -322,81 +385,96 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--api-key", help="API key (default: $RECEIVER_API_KEY or api_keys[0])")
         return sp
 
-    s = with_config(sub.add_parser("serve", help="HTTP API, workers and reconciler"))
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s = with_config(command("serve", "HTTP API, workers and reconciler"))
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--no-worker", action="store_true", help="HTTP only; run workers apart")
     s.set_defaults(func=cmd_serve)
 
-    s = with_config(sub.add_parser("worker", help="workers and reconciler only"))
+    s = with_config(command("worker", "workers and reconciler only"))
     s.set_defaults(func=cmd_worker)
 
-    s = client(sub.add_parser("submit", help="submit a task"))
-    s.add_argument("--provider", default="simulated")
-    s.add_argument("--model")
-    s.add_argument("--prompt", required=True)
-    s.add_argument("--destination")
-    s.add_argument("--notify-url")
-    s.add_argument("--param", action="append", metavar="KEY=VALUE", help="provider parameter")
+    s = client(command("submit", "submit a task"))
+    s.add_argument("--provider", default="simulated", help="provider name")
+    s.add_argument("--model", help="model (default: the provider's default model)")
+    s.add_argument("--prompt", required=True, help="the prompt (required)")
+    s.add_argument("--destination", help="destination name (default: default_destination)")
+    s.add_argument("--notify-url", help="URL to notify when done (default: notify.default_url)")
+    s.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="provider parameter; VALUE is JSON or a string; repeatable (default: none)",
+    )
     s.add_argument("--wait", action="store_true", help="wait until archived or failed")
-    s.add_argument("--timeout", type=float, default=600.0)
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     s.set_defaults(func=cmd_submit)
 
-    s = client(sub.add_parser("status", help="show one task"))
-    s.add_argument("task_id")
-    s.add_argument("--json", action="store_true")
+    s = client(command("status", "show one task"))
+    s.add_argument("task_id", help="the task's id")
+    s.add_argument("--json", action="store_true", help="print the task as JSON")
     s.set_defaults(func=cmd_status)
 
-    s = client(sub.add_parser("tasks", help="list tasks"))
-    s.add_argument("--status")
-    s.add_argument("--provider")
-    s.add_argument("--limit", type=int, default=50)
+    s = client(command("tasks", "list tasks, newest first"))
+    s.add_argument("--status", help="only tasks in this status (default: any)")
+    s.add_argument("--provider", help="only tasks of this provider (default: any)")
+    s.add_argument("--limit", type=int, default=50, help="at most this many tasks")
     s.set_defaults(func=cmd_tasks)
 
     def by_filter(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("task_id", nargs="?", help="one task; or select many with the options")
-        sp.add_argument("--status", help="bulk: task status (replay: failed)")
-        sp.add_argument("--reason", help="bulk: failure reason, e.g. fetch_failed")
-        sp.add_argument("--since", help="bulk: created since, e.g. 1h, 30m, 2026-11-30T10:00")
-        sp.add_argument("--until", help="bulk: created before")
-        sp.add_argument("--provider", help="bulk: provider")
-        sp.add_argument("--model", help="bulk: model")
-        sp.add_argument("--destination", help="bulk: destination")
-        sp.add_argument("--search", help="bulk: words in the prompt")
+        sp.add_argument("--status", help="bulk: task status, e.g. failed (default: any)")
+        sp.add_argument("--reason", help="bulk: failure reason, e.g. fetch_failed (default: any)")
+        sp.add_argument(
+            "--since", help="bulk: created since, e.g. 1h, 30m, 2026-11-30T10:00 (default: ever)"
+        )
+        sp.add_argument("--until", help="bulk: created before (default: now)")
+        sp.add_argument("--provider", help="bulk: provider (default: any)")
+        sp.add_argument("--model", help="bulk: model (default: any)")
+        sp.add_argument("--destination", help="bulk: destination (default: any)")
+        sp.add_argument("--search", help="bulk: words in the prompt (default: none)")
         sp.add_argument("--dry-run", action="store_true", help="bulk: only count")
         sp.add_argument("--yes", action="store_true", help="bulk: do not ask on a terminal")
 
-    s = client(sub.add_parser("replay", help="archive again from the provider's result"))
+    s = client(command("replay", "archive again from the provider's result"))
     by_filter(s)
-    s.add_argument("--wait", action="store_true")
-    s.add_argument("--timeout", type=float, default=600.0)
+    s.add_argument("--wait", action="store_true", help="wait until archived or failed")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait")
     s.set_defaults(func=cmd_replay)
 
-    s = client(sub.add_parser("redeliver", help="send the task's notification again"))
+    s = client(command("redeliver", "send the task's notification again"))
     by_filter(s)
     s.set_defaults(func=cmd_redeliver)
 
-    s = sub.add_parser("demo", help="simulator + server + local folder, three tasks")
-    s.add_argument("--dir", default="demo-output")
-    s.add_argument("--count", type=int, default=3, help=argparse.SUPPRESS)
+    s = command("demo", "simulator + server + local folder, three tasks")
+    _complete(s.add_argument("--dir", default="demo-output", help="folder for the demo"), "dir")
+    s.add_argument("--count", type=int, default=3, help="tasks to submit")
     s.add_argument("--serve", action="store_true", help="keep serving the console until Ctrl-C")
     s.add_argument("--port", type=int, help="receiver port (default: 8000 with --serve)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("simulate", help="run a simulated provider")
-    s.add_argument("--provider", default="simulated")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8100)
-    s.add_argument("--public-url")
-    s.add_argument("--delay", type=float, default=0.2)
-    s.add_argument("--url-ttl", type=float, default=600.0)
-    s.add_argument("--download-5xx-rate", type=float, default=0.0)
-    s.add_argument("--slow-download", type=float, default=0.0)
-    s.add_argument("--duplicates", type=int, default=1)
+    s = command("simulate", "run a simulated provider")
+    s.add_argument("--provider", default="simulated", help="whose wire format to speak")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8100, help="port to listen on")
+    s.add_argument("--public-url", help="base URL in result URLs (default: http://HOST:PORT)")
+    s.add_argument("--delay", type=float, default=0.2, help="seconds before a task completes")
+    s.add_argument("--url-ttl", type=float, default=600.0, help="seconds a result URL lives")
+    s.add_argument(
+        "--download-5xx-rate", type=float, default=0.0, help="share of downloads answered 5xx"
+    )
+    s.add_argument(
+        "--slow-download", type=float, default=0.0, help="seconds each download is held back"
+    )
+    s.add_argument("--duplicates", type=int, default=1, help="copies of each callback sent")
     s.set_defaults(func=cmd_simulate)
 
-    s = with_config(sub.add_parser("check", help="validate configuration, reach ledger and stores"))
+    s = with_config(command("check", "validate configuration, reach ledger and stores"))
     s.set_defaults(func=cmd_check)
+
+    s = command("completion", "print a shell completion script")
+    s.add_argument("shell", choices=SHELLS, help="the shell: " + ", ".join(SHELLS))
+    s.set_defaults(func=cmd_completion)
     return p
 
 

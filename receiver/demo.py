@@ -154,6 +154,8 @@ def _report(tasks: list[dict[str, Any]]) -> bool:
                 f"{obj['width']}x{obj['height']}, sha256 {obj['sha256'][:16]})"
             )
             print(f"  sidecar {os.path.relpath(obj['sidecar_uri'])}")
+            claims = obj.get("provenance") or {}
+            print(f"  c2pa    {claims.get('status', 'not read')} (sidecar field provenance)")
     return ok
 
 
