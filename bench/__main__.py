@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, intake, latency, memory, profile, report
+from . import console as console_bench
 from .common import ROOT, MiB, machine, stop_all
 
-SCENARIOS = ("intake", "archive", "latency", "memory")
+SCENARIOS = ("intake", "archive", "latency", "memory", "console")
 
 
 def plan(quick: bool) -> dict[str, Any]:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
     args = p.parse_args(argv)
 
+    if set(args.only or ()) == {"console"}:
+        return console_only(args)
     for tool in ("wrk", "rclone"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not on PATH (apt-get install {tool})", file=sys.stderr)
@@ -162,9 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     results["load"].append(os.getloadavg()[0])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = console_bench.existing(out)
     out.write_text(report.render(results))
+    if "console" in only:
+        say("console: gallery and prompt search with 100,000 tasks")
+        with tempfile.TemporaryDirectory(prefix="receiver-bench-console-") as scratch:
+            found = console_bench.run(Path(scratch), args.pg or None)
+        console_bench.splice(out, console_bench.section(found, command))
+    else:
+        console_bench.splice(out, None, kept)
     say(f"wrote {out} ({results['elapsed']:.0f} s)")
     print(report.summary(results))
+    return 0
+
+
+def console_only(args: argparse.Namespace) -> int:
+    """``--only console``: refresh the console section of the report and nothing else."""
+    out = Path(args.out)
+    command = "python -m bench --only console"
+    say("console: gallery and prompt search with 100,000 tasks")
+    with tempfile.TemporaryDirectory(prefix="receiver-bench-console-") as scratch:
+        found = console_bench.run(Path(scratch), args.pg or None)
+    text = console_bench.section(found, command)
+    console_bench.splice(out, text)
+    print(text)
     return 0
 
 
