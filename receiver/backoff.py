@@ -1,22 +1,31 @@
 """Backoff with full jitter, and the one sleep the service uses.
 
-Tests switch on :func:`testing_mode` so retries never wait: the stamina idea of a testing
+Tests run inside :func:`testing_mode` so retries never wait: the stamina idea of a testing
 mode, without a dependency, because our durable retries are scheduled through the ledger and
 only in-process waits go through here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import anyio
 
 _testing = False
 
 
-def testing_mode(on: bool = True) -> None:
+@contextlib.contextmanager
+def testing_mode(on: bool = True) -> Iterator[None]:
+    """Within the block, in-process waits are skipped and delays are tiny; the previous mode
+    comes back afterwards, however the block ends (so nested uses compose)."""
     global _testing
-    _testing = on
+    previous, _testing = _testing, on
+    try:
+        yield
+    finally:
+        _testing = previous
 
 
 def delay(attempt: int, base: float, cap: float) -> float:

@@ -135,13 +135,13 @@ class ProvenanceSettings(_Section):
         return value
 
 
-class FilesystemDestination(_Section):
+class FilesystemSettings(_Section):
     type: Literal["filesystem"]
     path: str
     prefix: str = ""
 
 
-class S3Destination(_Section):
+class S3Settings(_Section):
     type: Literal["s3"]
     bucket: str = Field(min_length=3)
     prefix: str = ""
@@ -160,7 +160,7 @@ class S3Destination(_Section):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
 
-class BunnyDestination(_Section):
+class BunnySettings(_Section):
     type: Literal["bunny"]
     zone: str
     password: str
@@ -170,8 +170,9 @@ class BunnyDestination(_Section):
     cdn_url: str | None = None
 
 
-Destination = Annotated[
-    FilesystemDestination | S3Destination | BunnyDestination, Field(discriminator="type")
+# One of the destination types, chosen by its ``type`` key.
+DestinationSettings = Annotated[
+    FilesystemSettings | S3Settings | BunnySettings, Field(discriminator="type")
 ]
 
 
@@ -190,8 +191,8 @@ class ProviderSettings(BaseModel):
         return (self.model_extra or {}).get(key, default)
 
 
-def _default_destinations() -> dict[str, Destination]:
-    return {"local": FilesystemDestination(type="filesystem", path="archive")}
+def _default_destinations() -> dict[str, DestinationSettings]:
+    return {"local": FilesystemSettings(type="filesystem", path="archive")}
 
 
 class Settings(_Section):
@@ -200,7 +201,7 @@ class Settings(_Section):
     ledger_url: str = "sqlite:///receiver.db"
     api_keys: list[str] = Field(default_factory=list)
     default_destination: str = "local"
-    destinations: dict[str, Destination] = Field(default_factory=lambda: _default_destinations())
+    destinations: dict[str, DestinationSettings] = Field(default_factory=_default_destinations)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)

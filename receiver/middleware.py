@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics, tracing
 from .log import REQUEST_ID
 
-log = logging.getLogger("receiver.http")
-access = logging.getLogger("receiver.access")
+log = logging.getLogger(__name__)
+access = logging.getLogger("receiver.access")  # a named channel: README documents it
 
 HEADER = "x-request-id"
 # What a caller's id may look like: a UUID, a ULID, nginx's $request_id, a dotted or colon-joined

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from .config import ProvenanceSettings
 
-log = logging.getLogger("receiver.provenance")
+log = logging.getLogger(__name__)
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 MAX_ITEMS = 32  # actions / ingredients / failure codes kept per manifest (hostile lists are cut)

@@ -25,7 +25,7 @@ from .errors import ReceiverError, ValidationFailed
 from .models import OutcomeStatus, Reason, Status, Task, TaskFilter, new_id
 from .runtime import Runtime
 
-log = logging.getLogger("receiver.replay")
+log = logging.getLogger(__name__)
 MAX_BULK = 10_000  # one request; narrow the filter (or repeat) beyond it
 CONCURRENCY = 8  # provider polls in flight during a bulk replay
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-log = logging.getLogger("receiver.tracing")
+log = logging.getLogger(__name__)
 
 try:  # the [otel] extra
     from opentelemetry import context as otel_context

@@ -248,8 +248,15 @@ class Worker:
                 if self.rt.settings.provenance.xmp_sidecar:
                     # Before the JSON sidecar: the JSON one is written last and so still means
                     # the image and all its sidecars are complete.
-                    await self._put_once(
-                        dest, sidecar.xmp_key(key), sidecar.xmp(doc), task.id, "application/rdf+xml"
+                    xmp = sidecar.xmp(doc)
+                    await self._put(
+                        dest,
+                        "xmp",
+                        sidecar.xmp_key(key),
+                        xmp,
+                        size=len(xmp),
+                        content_type="application/rdf+xml",
+                        metadata={"task-id": task.id},
                     )
                 side_key = sidecar.sidecar_key(key)
                 body = sidecar.dumps(doc)
@@ -281,19 +288,6 @@ class Worker:
             finally:
                 fetched.close()
         return objects
-
-    async def _put_once(
-        self, dest: Destination, key: str, body: bytes, task_id: str, content_type: str
-    ) -> str:
-        return await self._put(
-            dest,
-            "xmp",
-            key,
-            body,
-            size=len(body),
-            content_type=content_type,
-            metadata={"task-id": task_id},
-        )
 
     async def _put(self, dest: Destination, kind: str, key: str, body: Any, **kw: Any) -> str:
         """One create-only write, timed and traced; an object already there is success."""

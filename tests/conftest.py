@@ -30,9 +30,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_sleep() -> Iterator[None]:
-    backoff.testing_mode(True)
-    yield
-    backoff.testing_mode(False)
+    with backoff.testing_mode():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from ..config import BunnyDestination, FilesystemDestination, S3Destination
-from ..config import Destination as DestinationSettings
+from ..config import DestinationSettings
 from ..errors import ConfigError
+from ..registry import load_class
 from .base import Destination
 
-__all__ = ["Destination", "build_destination"]
+__all__ = ["REGISTRY", "Destination", "build_destination"]
+
+# ``type`` -> "module:Class"; the class builds itself with ``from_settings``.
+REGISTRY: dict[str, str] = {
+    "filesystem": "receiver.destinations.filesystem:FilesystemStore",
+    "s3": "receiver.destinations.s3:S3Store",
+    "bunny": "receiver.destinations.bunny:BunnyStore",
+}
 
 
 def build_destination(name: str, settings: DestinationSettings) -> Destination:
-    if isinstance(settings, FilesystemDestination):
-        from .filesystem import FilesystemStore
-
-        return FilesystemStore(name, settings)
-    if isinstance(settings, S3Destination):
-        from .s3 import S3Store
-
-        return S3Store(name, settings)
-    if isinstance(settings, BunnyDestination):
-        from .bunny import BunnyStore
-
-        return BunnyStore(name, settings)
-    raise ConfigError(f"destinations.{name}.type: unknown destination type")
+    """The destination ``[destinations.<name>]`` configures (not yet reached)."""
+    cls = load_class(REGISTRY, settings.type)
+    if cls is None:
+        raise ConfigError(f"destinations.{name}.type: unknown destination type")
+    store: Destination = cls.from_settings(name, settings)
+    return store

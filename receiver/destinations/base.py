@@ -8,7 +8,8 @@ same task cannot overwrite a complete pair. boto3/httpx/OS errors become
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import IO, ClassVar
+from collections.abc import Callable
+from typing import IO, Any, ClassVar
 
 
 class Destination(ABC):
@@ -16,6 +17,13 @@ class Destination(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Any) -> Destination:
+        """The store ``[destinations.<name>]`` configures; each type takes its own settings
+        class (``FilesystemSettings``, ``S3Settings``, ``BunnySettings``)."""
+        build: Callable[[str, Any], Destination] = cls  # type: ignore[assignment]
+        return build(name, settings)
 
     @abstractmethod
     async def put(

@@ -12,7 +12,7 @@ from typing import IO
 
 import httpx
 
-from ..config import BunnyDestination
+from ..config import BunnySettings
 from ..errors import AlreadyExists, StoreError
 from .base import Destination
 
@@ -23,7 +23,7 @@ class BunnyStore(Destination):
     def __init__(
         self,
         name: str,
-        settings: BunnyDestination,
+        settings: BunnySettings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:

@@ -12,7 +12,7 @@ from typing import IO
 
 import anyio
 
-from ..config import FilesystemDestination
+from ..config import FilesystemSettings
 from ..errors import AlreadyExists, StoreError
 from .base import Destination
 
@@ -20,7 +20,7 @@ from .base import Destination
 class FilesystemStore(Destination):
     type = "filesystem"
 
-    def __init__(self, name: str, settings: FilesystemDestination) -> None:
+    def __init__(self, name: str, settings: FilesystemSettings) -> None:
         super().__init__(name)
         self.root = Path(settings.path).expanduser().resolve()
         self.prefix = settings.prefix.strip("/")

@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..config import S3Destination
+from ..config import S3Settings
 from ..errors import AlreadyExists, StoreError
 from .base import Destination
 
@@ -45,7 +45,7 @@ def _code(exc: ClientError) -> str:
 class S3Store(Destination):
     type = "s3"
 
-    def __init__(self, name: str, settings: S3Destination) -> None:
+    def __init__(self, name: str, settings: S3Settings) -> None:
         super().__init__(name)
         self.settings = settings
         self.bucket = settings.bucket

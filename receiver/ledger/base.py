@@ -46,6 +46,11 @@ class Backlog:
 class Ledger(ABC):
     """Durable task state, delivery de-duplication, archive jobs, events and notifications."""
 
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str) -> Ledger:
+        """The backend for ``ledger_url`` (not yet open); ConfigError names what is wrong."""
+
     def now(self) -> float:
         return time.time()
 

@@ -44,6 +44,15 @@ class PostgresLedger(SqlLedger):
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._listen_task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_url(cls, url: str) -> PostgresLedger:
+        """``postgresql://user@host:port/database`` (``postgres://`` also). ImportError when
+        the drivers (the ``[postgres]`` extra) are missing, even if this module loaded."""
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+
+        return cls(url)
+
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # Client-side binding: NULL parameters need no type inference.
         conn.cursor_factory = psycopg.ClientCursor

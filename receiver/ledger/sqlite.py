@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import LedgerUnavailable
+from ..errors import ConfigError, LedgerUnavailable
 from .sql import SqlLedger, Tx, migrations, observed
 
 T = TypeVar("T")
@@ -28,6 +28,16 @@ class SqliteLedger(SqlLedger):
         self._conn: sqlite3.Connection | None = None
         # One thread owns the connection: sqlite3 objects must not be shared across threads.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteLedger:
+        """``sqlite:///path/to/file.db``; ``sqlite://`` and ``sqlite:///:memory:`` are in memory."""
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            return MemoryLedger()
+        path = url.removeprefix("sqlite:///")
+        if path == url or not path:
+            raise ConfigError("ledger_url: sqlite:/// needs a file path")
+        return cls(path)
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -118,3 +128,10 @@ class MemoryLedger(SqliteLedger):
 
     def __init__(self) -> None:
         super().__init__(":memory:")
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryLedger:
+        """``memory://``: nothing to configure."""
+        if url != "memory://":
+            raise ConfigError(f"ledger_url: {url!r}: memory:// takes no path")
+        return cls()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-
 import httpx
 
 from ..config import ProviderSettings
 from ..errors import NotFound
+from ..registry import load_class
 from .base import Callback, CallbackTarget, Provider, Submission
 
-# name -> "module:Class"
+# name -> "module:Class"; the class builds itself with ``from_settings``.
 REGISTRY: dict[str, str] = {
     "simulated": "receiver.providers.simulated:SimulatedProvider",
     "mynth": "receiver.providers.mynth:MynthProvider",
@@ -24,18 +23,18 @@ REGISTRY: dict[str, str] = {
 
 
 def provider_class(name: str) -> type[Provider]:
-    target = REGISTRY.get(name)
-    if target is None:
+    cls = load_class(REGISTRY, name)
+    if cls is None:
         raise NotFound(f"unknown provider {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    module, _, cls = target.partition(":")
-    found: type[Provider] = getattr(importlib.import_module(module), cls)
+    found: type[Provider] = cls
     return found
 
 
 def build_provider(
     name: str, settings: ProviderSettings, http: httpx.AsyncClient, *, tolerance_seconds: int = 300
 ) -> Provider:
-    return provider_class(name)(settings, http, tolerance_seconds=tolerance_seconds)
+    """The adapter for ``name`` with its ``[providers.<name>]`` settings."""
+    return provider_class(name).from_settings(settings, http, tolerance_seconds=tolerance_seconds)
 
 
 __all__ = [

@@ -75,6 +75,13 @@ class Provider(ABC):
         self.tolerance_seconds = tolerance_seconds
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
 
+    @classmethod
+    def from_settings(
+        cls, settings: ProviderSettings, http: httpx.AsyncClient, *, tolerance_seconds: int = 300
+    ) -> Provider:
+        """The adapter with its ``[providers.<name>]`` settings, sharing the runtime's client."""
+        return cls(settings, http, tolerance_seconds=tolerance_seconds)
+
     # --- request side ---------------------------------------------------------------------------
 
     @abstractmethod
@@ -115,10 +122,6 @@ class Provider(ABC):
 
     # --- helpers for subclasses -----------------------------------------------------------------
 
-    @property
-    def model_or_default(self) -> str | None:
-        return self.default_model
-
     def deadline_for(self, outcome: Outcome, received_at: float | None = None) -> float | None:
         """The earliest moment one of the outcome's URLs stops working."""
         start = received_at if received_at is not None else time.time()
@@ -128,14 +131,6 @@ class Provider(ABC):
             if img.url is not None
         ]
         return min(deadlines) if deadlines else None
-
-    @staticmethod
-    def require_str(params: Mapping[str, Any], key: str, lo: int, hi: int) -> None:
-        value = params.get(key)
-        if value is None:
-            return
-        if not isinstance(value, str) or not lo <= len(value) <= hi:
-            raise ValidationFailed(f"params.{key}", f"must be a string of {lo} to {hi} characters")
 
     @staticmethod
     def require_int(params: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> None:
@@ -150,14 +145,6 @@ class Provider(ABC):
         ):
             bound = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
             raise ValidationFailed(f"params.{key}", f"must be an integer, {bound}")
-
-    @staticmethod
-    def require_choice(params: Mapping[str, Any], key: str, choices: Sequence[Any]) -> None:
-        value = params.get(key)
-        if value is not None and value not in choices:
-            raise ValidationFailed(
-                f"params.{key}", f"must be one of {', '.join(map(str, choices))}"
-            )
 
     @staticmethod
     def reject_unknown(params: Mapping[str, Any], allowed: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from .images import render_png
 
-log = logging.getLogger("receiver.simulator")
+log = logging.getLogger(__name__)
 
 _MARKER = re.compile(r"\[sim:([a-z0-9_]+)=([^\]]*)\]")
 

@@ -20,7 +20,7 @@ from ..destinations import Destination
 from ..errors import AlreadyExists, StoreError
 from ..models import StoredObject
 
-log = logging.getLogger("receiver.ui")
+log = logging.getLogger(__name__)
 THUMBS = "_thumbs/"
 IMMUTABLE = "private, max-age=31536000, immutable"
 

@@ -40,7 +40,7 @@ from ..runtime import Runtime
 from . import auth
 from .media import IMMUTABLE, Thumbnails
 
-log = logging.getLogger("receiver.ui")
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 PAGE = 48  # cards per gallery page
 LIVE_POLL_SECONDS = 1.0

@@ -46,7 +46,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
     InMemorySpanExporter,
 )
 
-REQUEST_LOGGERS = ("receiver.access", "receiver.intake", "receiver.submit", "receiver.http")
+REQUEST_LOGGERS = ("receiver.access", "receiver.intake", "receiver.submit", "receiver.middleware")
 
 
 class Lines(logging.Handler):

@@ -10,7 +10,7 @@ import boto3
 import httpx
 import pytest
 
-from receiver.config import S3Destination
+from receiver.config import S3Settings
 from receiver.destinations import Destination
 from receiver.destinations.s3 import S3Store
 from receiver.errors import AlreadyExists, StoreError
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _s3(endpoint: str, bucket: str, **kw: object) -> S3Store:
-    conf = S3Destination(
+    conf = S3Settings(
         type="s3",
         bucket=bucket,
         prefix="archive/",

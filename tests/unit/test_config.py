@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import S3Destination, load_settings
+from receiver.config import S3Settings, load_settings
 from receiver.errors import ConfigError
 
 KEY = "k" * 20
@@ -29,7 +29,7 @@ def test_env_overrides_the_file_and_nests_with_double_underscore(tmp_path: Path)
     assert s.public_url == "https://hooks.example.com"
     assert s.secret_keys == [KEY, "b" * 20]
     dest = s.destinations["arc"]
-    assert isinstance(dest, S3Destination) and dest.bucket == "from-env"
+    assert isinstance(dest, S3Settings) and dest.bucket == "from-env"
     assert s.worker.concurrency == 3
     assert s.fetch.allowed_networks == ["127.0.0.0/8", "10.0.0.0/8"]
 

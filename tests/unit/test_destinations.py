@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.config import BunnyDestination, FilesystemDestination
+from receiver.config import BunnySettings, FilesystemSettings
 from receiver.destinations import Destination, build_destination
 from receiver.destinations.bunny import BunnyStore
 from receiver.errors import StoreError
@@ -25,7 +25,7 @@ class TestFilesystem(DestinationContract):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[Destination]:
         yield build_destination(
-            "local", FilesystemDestination(type="filesystem", path=str(tmp_path), prefix="p/")
+            "local", FilesystemSettings(type="filesystem", path=str(tmp_path), prefix="p/")
         )
 
 
@@ -61,7 +61,7 @@ class FakeBunny:
 class TestBunny(DestinationContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[Destination]:
-        conf = BunnyDestination(type="bunny", zone="zone", password="pw", prefix="x")
+        conf = BunnySettings(type="bunny", zone="zone", password="pw", prefix="x")
         store = BunnyStore("bunny", conf, transport=httpx.MockTransport(FakeBunny("pw")))
         yield store
         await store.close()
@@ -71,14 +71,14 @@ class TestBunny(DestinationContract):
 
 
 async def test_filesystem_refuses_keys_leaving_the_folder(tmp_path: Path) -> None:
-    store = build_destination("l", FilesystemDestination(type="filesystem", path=str(tmp_path)))
+    store = build_destination("l", FilesystemSettings(type="filesystem", path=str(tmp_path)))
     with pytest.raises(StoreError):
         await store.put("../escape.png", b"x", size=1, content_type="image/png")
     assert not (tmp_path.parent / "escape.png").exists()
 
 
 async def test_bunny_wrong_password_is_permanent() -> None:
-    conf = BunnyDestination(type="bunny", zone="zone", password="bad")
+    conf = BunnySettings(type="bunny", zone="zone", password="bad")
     store = BunnyStore("b", conf, transport=httpx.MockTransport(FakeBunny("pw")))
     with pytest.raises(StoreError) as info:
         await store.put("a.png", b"x", size=1, content_type="image/png")

@@ -137,7 +137,11 @@ async def test_an_unhandled_error_is_a_json_500_with_the_id_and_a_logged_traceba
     assert r.status_code == 500 and r.headers["x-request-id"] == "req-boom"
     assert r.json() == {"error": {"code": "internal", "message": "internal error"}}
     mine = [ln for ln in lines.lines if ln.get("request_id") == "req-boom"]
-    assert [ln["logger"] for ln in mine] == ["receiver.test", "receiver.http", "receiver.access"]
+    assert [ln["logger"] for ln in mine] == [
+        "receiver.test",
+        "receiver.middleware",
+        "receiver.access",
+    ]
     assert "RuntimeError" in str(mine[1]["exc"]) and "abc.def" not in json.dumps(mine)
     assert mine[2]["http_status"] == 500 and mine[2]["route"] == "/boom"
 

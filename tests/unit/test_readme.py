@@ -11,14 +11,14 @@ from pydantic import BaseModel
 
 from receiver.cli import parser
 from receiver.config import (
-    BunnyDestination,
+    BunnySettings,
     ConsoleSettings,
     FetchSettings,
-    FilesystemDestination,
+    FilesystemSettings,
     NotifySettings,
     ProvenanceSettings,
     ProviderSettings,
-    S3Destination,
+    S3Settings,
     ServerSettings,
     Settings,
     WorkerSettings,
@@ -47,9 +47,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`[provenance]`", ProvenanceSettings),
     ("`[console]`", ConsoleSettings),
     ("`[providers.<name>]`", ProviderSettings),
-    ("Destination type `filesystem`", FilesystemDestination),
-    ("Destination type `s3`", S3Destination),
-    ("Destination type `bunny`", BunnyDestination),
+    ("Destination type `filesystem`", FilesystemSettings),
+    ("Destination type `s3`", S3Settings),
+    ("Destination type `bunny`", BunnySettings),
 ]
 
 
