@@ -20,7 +20,7 @@ from .errors import LedgerUnavailable, ReceiverError
 from .models import Notification, Task
 from .runtime import Runtime
 from .signatures import standard_sign
-from .views import NotificationPayload, NotifiedObject, NotifiedTask, TaskView
+from .views import NotificationPayload, NotifiedObject, NotifiedTask, TaskView, copy_fields
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,7 @@ async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> d
         if dest is not None:
             with contextlib.suppress(ReceiverError):
                 presigned = await dest.presign(obj.key, rt.settings.notify.presign_seconds)
-        objects.append(
-            NotifiedObject(
-                index=obj.index,
-                uri=obj.uri,
-                sidecar_uri=obj.sidecar_uri,
-                sha256=obj.sha256,
-                bytes=obj.bytes,
-                content_type=obj.content_type,
-                presigned_url=presigned,
-                sidecar=obj.sidecar,
-            )
-        )
+        objects.append(copy_fields(NotifiedObject, obj, presigned_url=presigned))
     view = TaskView.of(task).model_dump()
     view["objects"] = objects
     payload = NotificationPayload(

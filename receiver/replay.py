@@ -203,8 +203,7 @@ async def bulk(
         else:
             result.skipped.append({"id": task_id, "reason": why})
 
-    await asyncio.gather(*(one(i) for i in ids))
-    rt.changes.notify("jobs" if action == "replay" else "notify")
+    await asyncio.gather(*(one(i) for i in ids))  # the ledger wakes workers and notifier
     log.info(
         "bulk %s: %d of %d tasks, %d skipped",
         action,

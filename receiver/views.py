@@ -9,7 +9,7 @@ added to a response without its model fails the schema test.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,15 @@ from .models import Reason, Status, Task
 
 class View(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+V = TypeVar("V", bound=View)
+
+
+def copy_fields(view: type[V], source: object, **given: Any) -> V:
+    """``view`` from the attributes of ``source`` it declares, plus what ``given`` adds."""
+    taken = {name: getattr(source, name) for name in view.model_fields if name not in given}
+    return view(**taken, **given)
 
 
 class FailureView(View):
@@ -87,16 +96,7 @@ class TaskView(View):
                 else None
             ),
             objects=[
-                ObjectView(
-                    uri=o.uri,
-                    sidecar_uri=o.sidecar_uri,
-                    sha256=o.sha256,
-                    bytes=o.bytes,
-                    content_type=o.content_type,
-                    width=o.width,
-                    height=o.height,
-                    provenance=(o.sidecar or {}).get("provenance"),
-                )
+                copy_fields(ObjectView, o, provenance=(o.sidecar or {}).get("provenance"))
                 for o in task.objects
             ],
             seed=task.outcome.seed if task.outcome else None,

@@ -6,13 +6,12 @@ validate the body and describe it in ``/openapi.json``."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ValidationFailed
 from ..replay import bulk, key_label, parse_filter
-from .common import parse_object, read_body, render, runtime
+from .common import read_model, render, runtime
 from .tasks import _bearer, require_api_key
 
 
@@ -62,12 +61,7 @@ class BulkResult(BaseModel):
 async def _bulk(request: Request, action: str) -> Response:
     rt = runtime(request)
     require_api_key(request)
-    body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
-    try:
-        req = BulkRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValidationFailed(".".join(str(p) for p in err["loc"]), err["msg"]) from None
+    req = await read_model(request, BulkRequest)
     where = parse_filter(req.filter.model_dump(exclude_none=True))
     result = await bulk(
         rt, action, where, actor="api:" + key_label(_bearer(request) or ""), dry_run=req.dry_run

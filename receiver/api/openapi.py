@@ -82,6 +82,23 @@ def _query(name: str, kind: str = "string") -> dict[str, Any]:
 
 _TASK_ID = [_path("task_id")]
 
+
+def _bulk(action: str, summary: str) -> Operation:
+    """A bulk action by filter; a dry run first counts what it would touch."""
+    return Operation(
+        f"/v1/tasks/{action}",
+        "post",
+        f"{summary} (dry_run: count them first)",
+        {
+            200: Body("Dry run: how many match, as of when", BulkResult),
+            202: Body("Queued", BulkResult),
+        },
+        (400, 401, 413, 422, 503),
+        API_KEY,
+        request=BulkRequest,
+    )
+
+
 OPERATIONS = [
     Operation(
         "/v1/tasks",
@@ -119,30 +136,8 @@ OPERATIONS = [
             _query("limit", "integer"),
         ],
     ),
-    Operation(
-        "/v1/tasks/replay",
-        "post",
-        "Replay every failed task a filter matches (dry_run: count them first)",
-        {
-            200: Body("Dry run: how many match, as of when", BulkResult),
-            202: Body("Queued", BulkResult),
-        },
-        (400, 401, 413, 422, 503),
-        API_KEY,
-        request=BulkRequest,
-    ),
-    Operation(
-        "/v1/tasks/redeliver",
-        "post",
-        "Send again the final notification of every task a filter matches",
-        {
-            200: Body("Dry run: how many match, as of when", BulkResult),
-            202: Body("Queued", BulkResult),
-        },
-        (400, 401, 413, 422, 503),
-        API_KEY,
-        request=BulkRequest,
-    ),
+    _bulk("replay", "Replay every failed task a filter matches"),
+    _bulk("redeliver", "Send again the final notification of every task a filter matches"),
     Operation(
         "/v1/tasks/{task_id}",
         "get",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,7 +12,7 @@ from ..models import OutcomeStatus, Status
 from ..signatures import access_token, verify_access_token
 from ..submit import TaskRequest, create_and_submit
 from ..views import CreatedTaskView, RedeliveryView, TaskPage, TaskView
-from .common import parse_object, read_body, render, runtime
+from .common import read_model, render, runtime
 
 
 def _bearer(request: Request) -> str | None:
@@ -57,13 +56,7 @@ def require_task_access(request: Request, task_id: str) -> None:
 async def create_task(request: Request) -> Response:
     rt = runtime(request)
     require_api_key(request)
-    body = parse_object(await read_body(request, rt.settings.server.max_body_bytes))
-    try:
-        req = TaskRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise ValidationFailed(field, err["msg"]) from None
+    req = await read_model(request, TaskRequest)
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         raise ValidationFailed("Idempotency-Key", "must be 1 to 200 characters")

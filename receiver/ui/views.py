@@ -23,7 +23,6 @@ from starlette.responses import (
     HTMLResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, metrics
 from ..api.common import read_body
+from ..api.sse import Next, follow, sse_response
 from ..config import Settings
 from ..errors import BadRequest, Forbidden, NotFound, ReceiverError, StoreError, Unauthorized
 from ..models import Reason, Status, Task, TaskFilter
@@ -46,7 +46,6 @@ PAGE = 48  # cards per gallery page
 LIVE_POLL_SECONDS = 1.0
 LIVE_BATCH = 200
 LIVE_MAX_SECONDS = 300.0  # a stream ends after this; EventSource reconnects by itself
-KEEPALIVE_SECONDS = 15.0
 SAMPLE_SECONDS = 60.0
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -350,50 +349,37 @@ async def live(request: Request) -> Response:
     return _stream(request, _gallery_events(rt, console, where, since))
 
 
-async def _gallery_events(
+def _gallery_events(
     rt: Runtime, console: Console, where: TaskFilter, since: float
 ) -> AsyncIterator[str]:
-    wake = rt.changes.subscribe("tasks")
     sent: dict[str, float] = {}
-    try:
-        yield "retry: 2000\n\n"
-        ended = time.monotonic() + LIVE_MAX_SECONDS
-        idle = 0.0
-        while time.monotonic() < ended:
-            wake.clear()
-            batch = await rt.ledger.changed_tasks(where, since, LIVE_BATCH)
-            for task in batch:
-                if sent.get(task.id) == task.updated_at:
-                    continue
-                sent[task.id] = task.updated_at
-                data = {"id": task.id, "status": task.status.value, "html": console.card(task)}
-                yield f"event: card\ndata: {json.dumps(data)}\n\n"
-                idle = 0.0
-            if len(batch) == LIVE_BATCH:
-                since = batch[-1].updated_at  # more waiting: page on at once
+
+    async def read() -> tuple[list[str], Next]:
+        nonlocal since, sent
+        batch = await rt.ledger.changed_tasks(where, since, LIVE_BATCH)
+        cards = []
+        for task in batch:
+            if sent.get(task.id) == task.updated_at:
                 continue
-            if batch:
-                # Re-read the last two seconds each time: a replica's clock or a late commit
-                # may put a change slightly in the past; ``sent`` drops the repeats.
-                since = max(since, batch[-1].updated_at - 2.0)
-            if len(sent) > 5000:
-                sent = {k: v for k, v in sent.items() if v >= since}
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), LIVE_POLL_SECONDS)
-            idle += LIVE_POLL_SECONDS
-            if idle >= KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-    finally:
-        rt.changes.unsubscribe("tasks", wake)
+            sent[task.id] = task.updated_at
+            data = {"id": task.id, "status": task.status.value, "html": console.card(task)}
+            cards.append(f"event: card\ndata: {json.dumps(data)}\n\n")
+        if len(batch) == LIVE_BATCH:
+            since = batch[-1].updated_at  # more waiting: page on at once
+            return cards, "again"
+        if batch:
+            # Re-read the last two seconds each time: a replica's clock or a late commit
+            # may put a change slightly in the past; ``sent`` drops the repeats.
+            since = max(since, batch[-1].updated_at - 2.0)
+        if len(sent) > 5000:
+            sent = {k: v for k, v in sent.items() if v >= since}
+        return cards, "wait"
+
+    return follow(rt, "tasks", read, poll_seconds=LIVE_POLL_SECONDS, max_seconds=LIVE_MAX_SECONDS)
 
 
 def _stream(request: Request, events: AsyncIterator[str]) -> Response:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-    )
+    return sse_response(events, cache_control="no-store")
 
 
 # --- task page --------------------------------------------------------------------------------
@@ -438,33 +424,25 @@ async def task_live(request: Request) -> Response:
     return _stream(request, _task_events(console, session, task_id, after))
 
 
-async def _task_events(
+def _task_events(
     console: Console, session: auth.Session, task_id: str, after: int
 ) -> AsyncIterator[str]:
-    rt = console.rt
-    channel = f"task:{task_id}"
-    wake = rt.changes.subscribe(channel)
-    try:
-        yield "retry: 2000\n\n"
-        ended = time.monotonic() + LIVE_MAX_SECONDS
-        idle = 0.0
-        while time.monotonic() < ended:
-            wake.clear()
-            events = await rt.ledger.events(task_id, after)
-            if events:
-                context = await _task_context(console, task_id)
-                after = context["last_seq"]
-                html = console.render_text("_task_panel.html", session=session, **context)
-                yield f"event: panel\ndata: {json.dumps({'seq': after, 'html': html})}\n\n"
-                idle = 0.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), LIVE_POLL_SECONDS)
-            idle += LIVE_POLL_SECONDS
-            if idle >= KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-    finally:
-        rt.changes.unsubscribe(channel, wake)
+    async def read() -> tuple[list[str], Next]:
+        nonlocal after
+        if not await console.rt.ledger.events(task_id, after):
+            return [], "wait"
+        context = await _task_context(console, task_id)
+        after = context["last_seq"]
+        html = console.render_text("_task_panel.html", session=session, **context)
+        return [f"event: panel\ndata: {json.dumps({'seq': after, 'html': html})}\n\n"], "wait"
+
+    return follow(
+        console.rt,
+        f"task:{task_id}",
+        read,
+        poll_seconds=LIVE_POLL_SECONDS,
+        max_seconds=LIVE_MAX_SECONDS,
+    )
 
 
 @page
@@ -480,7 +458,6 @@ async def task_replay(request: Request) -> Response:
     else:
         audit: dict[str, object] = {"by": "console:" + request.state.session.key_hash[:12]}
         why = await replay_task(console.rt, task, audit)
-        console.rt.changes.notify("jobs")
         flash = "Queued for archiving again." if why is None else f"Not replayed: {why}."
     context = await _task_context(console, task_id)
     return console.render(
@@ -502,7 +479,6 @@ async def task_redeliver(request: Request) -> Response:
     else:
         who = "console:" + request.state.session.key_hash[:12]
         await console.rt.ledger.audit(task_id, "redelivered", {"by": who, "event_id": note.id})
-        console.rt.changes.notify("notify")
         flash = f"Notification {note.id} queued for {note.url}."
     context = await _task_context(console, task_id)
     return console.render(
