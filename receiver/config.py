@@ -186,6 +186,9 @@ class ProviderSettings(BaseModel):
     webhook_secret: str | None = None
     callback_grace_seconds: float | None = Field(default=None, ge=0)
     poll_interval: float | None = Field(default=None, gt=0)
+    # Take a callback's outcome from a read of the task at the provider (None: the provider's
+    # default, on where callbacks are unsigned).
+    confirm_by_read: bool | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return (self.model_extra or {}).get(key, default)

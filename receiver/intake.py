@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import metrics, tracing
+from .confirm import confirmed_outcome
 from .errors import BadRequest, NotFound, ReceiverError, SignatureError
 from .models import NewTask, Task
 from .providers import Callback, Provider
@@ -33,6 +34,9 @@ class Accepted:
 
     status: Literal["accepted", "duplicate"]
     task_id: str
+    # False when an unsigned callback could not be confirmed by reading the task yet (nothing
+    # recorded; the reconciler reads the task soon). The provider is answered 2xx either way.
+    confirmed: bool = True
 
 
 @contextlib.contextmanager
@@ -93,7 +97,15 @@ async def accept_callback(
         with tracing.span("receiver.verify_callback", attrs):
             secrets = task_secrets(rt.settings.secret_keys, task_id, provider.secret_format)
             await provider.verify_callback(headers, body, secrets)
-        callback = provider.parse_callback(headers, body)
+        if provider.confirm_by_read:
+            # Unsigned: the body is only a hint; what is recorded is what the API says.
+            confirmed = await _confirmed(rt, provider, task_id, headers, body)
+            if confirmed is None:
+                metrics.DELIVERIES.labels(provider.name, "unconfirmed").inc()
+                return Accepted("accepted", task_id, confirmed=False)
+            callback = confirmed
+        else:
+            callback = provider.parse_callback(headers, body)
         accepted = await _record(rt, provider, task_id, callback, body)
     log.info(
         "callback %s (%s)",
@@ -102,6 +114,25 @@ async def accept_callback(
         extra={"task_id": task_id, "provider": provider.name},
     )
     return accepted
+
+
+async def _confirmed(
+    rt: Runtime, provider: Provider, task_id: str, headers: Mapping[str, str], body: bytes
+) -> Callback | None:
+    """The callback with its outcome replaced by a read of the task (see receiver.confirm);
+    a body we cannot parse is still a reason to read."""
+    try:
+        claimed: Callback | None = provider.parse_callback(headers, body)
+    except BadRequest:
+        claimed = None
+    outcome = await confirmed_outcome(rt, provider, task_id, claimed.outcome if claimed else None)
+    if outcome is None:
+        return None
+    return Callback(
+        delivery_key=claimed.delivery_key if claimed else "",  # "": keyed on the body
+        outcome=outcome,
+        provider_task_id=outcome.provider_task_id,
+    )
 
 
 async def accept_account_webhook(

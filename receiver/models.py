@@ -26,6 +26,9 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     FETCH_FAILED = "fetch_failed"
     STORE_FAILED = "store_failed"
+    # The provider answered, but no image could be read from the answer; the raw answer is kept
+    # in the ledger so ``receiver replay`` can parse it again after an upgrade.
+    UNPARSED_RESPONSE = "unparsed_response"
 
 
 class OutcomeStatus(StrEnum):
@@ -33,6 +36,8 @@ class OutcomeStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     MODERATED = "moderated"
+    # Final: an answer we could not read. ``Outcome.raw`` carries it for the ledger to keep.
+    UNPARSED = "unparsed"
 
 
 def new_id(prefix: str = "tsk") -> str:
@@ -65,6 +70,11 @@ class Outcome:
     cost: str | None = None
     seed: int | None = None
     model: str | None = None
+    # What the provider reports about billing (Vtrix: cost, quantity, unit_price), for the sidecar.
+    usage: dict[str, Any] | None = None
+    # The provider's answer as received, kept by the ledger when it could not be read (UNPARSED).
+    raw: bytes | None = field(default=None, repr=False)
+    raw_content_type: str | None = None
 
     @property
     def final(self) -> bool:
@@ -72,6 +82,7 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("raw", None)
         data["status"] = self.status.value
         data["images"] = [img.to_json() for img in self.images]
         return data
@@ -94,6 +105,8 @@ class Outcome:
             cost=data.get("cost"),
             seed=data.get("seed"),
             model=data.get("model"),
+            usage=data.get("usage"),
+            raw_content_type=data.get("raw_content_type"),
         )
 
 
@@ -143,6 +156,8 @@ class Task:
     poll_attempts: int = 0
     idempotency_key: str | None = None
     traceparent: str | None = None  # the submission's trace, continued by later steps
+    # What the provider told us about this task that later polls need (BFL: polling_url).
+    provider_state: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The task as the API shows it (contract: GET /v1/tasks/{id}), rendered by its view

@@ -125,6 +125,7 @@ class Runtime:
                 self.http,
                 tolerance_seconds=self.settings.server.signature_tolerance_seconds,
             )
+            found.fetcher = self.fetcher
             self._providers[name] = found
         return found
 

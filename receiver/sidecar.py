@@ -70,6 +70,7 @@ def build(
         "height": height,
         "source_url": source_url,
         "cost": outcome.cost,
+        "usage": outcome.usage,
         "metadata": task.metadata,
         "digital_source_type": source_type,
         "digital_source_type_uri": IPTC + source_type,

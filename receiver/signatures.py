@@ -192,27 +192,33 @@ def bfl_sign(secret: str, body: bytes) -> str:
 
 
 def verify_bfl(headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
-    """Both documented forms: an HMAC in ``X-BFL-Signature`` (checked first when present), or
-    the secret itself echoed in ``X-Webhook-Secret``. Neither carries a timestamp, so replay
+    """Either documented proof: an HMAC of the body in ``X-BFL-Signature``, or the secret itself
+    echoed in ``X-Webhook-Secret`` (BFL's SDK checks only this one). When both arrive, one that
+    holds is enough; every comparison is constant-time. Neither carries a timestamp, so replay
     protection is the delivery de-duplication."""
     signature = headers.get("x-bfl-signature")
     echoed = headers.get("x-webhook-secret")
+    if signature is None and echoed is None:
+        raise SignatureError("missing X-BFL-Signature or X-Webhook-Secret", cause="missing_header")
+    failure = SignatureError("signature does not match", cause="signature")
     if signature is not None:
         scheme, sep, value = signature.strip().partition("=")
         if scheme.lower() != "sha256" or not sep or not value:
-            raise SignatureError("malformed X-BFL-Signature", cause="malformed")
-        for secret in secrets:
-            if hmac.compare_digest(bfl_sign(secret, body), f"sha256={value.lower()}"):
-                return
-        raise SignatureError("signature does not match", cause="signature")
+            failure = SignatureError("malformed X-BFL-Signature", cause="malformed")
+        else:
+            for secret in secrets:
+                if hmac.compare_digest(bfl_sign(secret, body), f"sha256={value.lower()}"):
+                    return
     if echoed is not None:
         if not echoed:
-            raise SignatureError("empty X-Webhook-Secret", cause="malformed")
-        for secret in secrets:
-            if hmac.compare_digest(secret.encode(), echoed.encode()):
-                return
-        raise SignatureError("webhook secret does not match", cause="signature")
-    raise SignatureError("missing X-BFL-Signature or X-Webhook-Secret", cause="missing_header")
+            failure = SignatureError("empty X-Webhook-Secret", cause="malformed")
+        else:
+            for secret in secrets:
+                if hmac.compare_digest(secret.encode(), echoed.encode()):
+                    return
+            if signature is None:
+                failure = SignatureError("webhook secret does not match", cause="signature")
+    raise failure
 
 
 # --- fal: ED25519 against a JWKS ------------------------------------------------------------------

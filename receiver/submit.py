@@ -110,7 +110,10 @@ async def submit(rt: Runtime, task: Task) -> Task:
     else:
         first_poll = rt.clock.now() + (conf.poll_interval or 2.0)
     updated = await rt.ledger.mark_submitted(
-        task.id, submission.provider_task_id, next_poll_at=first_poll
+        task.id,
+        submission.provider_task_id,
+        next_poll_at=first_poll,
+        provider_state=submission.state,
     )
     if submission.outcome is not None:
         result = await rt.ledger.record_outcome(

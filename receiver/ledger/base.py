@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..models import (
     Event,
@@ -81,9 +82,15 @@ class Ledger(ABC):
 
     @abstractmethod
     async def mark_submitted(
-        self, task_id: str, provider_task_id: str | None, *, next_poll_at: float | None
+        self,
+        task_id: str,
+        provider_task_id: str | None,
+        *,
+        next_poll_at: float | None,
+        provider_state: dict[str, Any] | None = None,
     ) -> Task:
-        """Record the provider's task id and when the reconciler should first poll."""
+        """Record the provider's task id, the per-task state later polls need (``None``
+        keeps what is stored), and when the reconciler should first poll."""
 
     @abstractmethod
     async def get_task(self, task_id: str) -> Task | None: ...
@@ -123,7 +130,9 @@ class Ledger(ABC):
           ``succeeded`` moves it to ``completed`` (outcome stored, inline image bytes kept,
           event ``completed``) and enqueues exactly one archive job with ``deadline``;
           ``failed``/``moderated`` move it to ``failed`` with reason ``provider_error`` /
-          ``moderated`` and the provider's message, event ``failed``, notification enqueued.
+          ``moderated`` and the provider's message, event ``failed``, notification enqueued;
+          ``unparsed`` likewise with reason ``unparsed_response``, and ``outcome.raw`` kept
+          (see :meth:`raw_response`).
           ``pending`` or an already-advanced task: delivery remembered, task unchanged.
         """
 
@@ -166,6 +175,10 @@ class Ledger(ABC):
     @abstractmethod
     async def inline_image(self, task_id: str, index: int) -> bytes | None:
         """Bytes a synchronous provider returned for result ``index``, kept by record_outcome."""
+
+    @abstractmethod
+    async def raw_response(self, task_id: str) -> tuple[bytes, str | None] | None:
+        """``(bytes, content type)`` of the provider answer kept for an unparsed outcome."""
 
     @abstractmethod
     async def queue_stats(self) -> tuple[int, float]:

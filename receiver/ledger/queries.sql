@@ -23,6 +23,7 @@ ORDER BY created_at DESC LIMIT 1
 -- name: mark_submitted
 UPDATE tasks
 SET provider_task_id = COALESCE(:provider_task_id, provider_task_id), submitted_at = :now,
+    provider_state = COALESCE(:provider_state, provider_state),
     next_poll_at = CASE WHEN status = 'submitted'
         THEN CAST(:next_poll_at AS DOUBLE PRECISION) ELSE NULL END,
     updated_at = :now
@@ -75,6 +76,15 @@ ON CONFLICT DO NOTHING
 
 -- name: inline_image
 SELECT data FROM inline_images WHERE task_id = :task_id AND idx = :idx
+
+-- name: insert_raw
+INSERT INTO raw_responses (task_id, content_type, data, received_at)
+VALUES (:task_id, :content_type, :data, :now)
+ON CONFLICT (task_id) DO UPDATE SET content_type = excluded.content_type, data = excluded.data,
+    received_at = excluded.received_at
+
+-- name: raw_response
+SELECT content_type, data FROM raw_responses WHERE task_id = :task_id
 
 -- name: insert_job
 INSERT INTO jobs (task_id, state, attempts, deadline, next_attempt_at, created_at, updated_at)

@@ -207,6 +207,7 @@ def _task(row: Row) -> Task:
         poll_attempts=row["poll_attempts"],
         idempotency_key=row["idempotency_key"],
         traceparent=row.get("traceparent"),
+        provider_state=json.loads(row["provider_state"]) if row.get("provider_state") else {},
     )
 
 
@@ -306,7 +307,12 @@ class SqlLedger(Ledger):
         return await self._tx(fn)
 
     async def mark_submitted(
-        self, task_id: str, provider_task_id: str | None, *, next_poll_at: float | None
+        self,
+        task_id: str,
+        provider_task_id: str | None,
+        *,
+        next_poll_at: float | None,
+        provider_state: dict[str, Any] | None = None,
     ) -> Task:
         def fn(tx: Tx) -> Task:
             row = tx.one(
@@ -314,6 +320,7 @@ class SqlLedger(Ledger):
                 id=task_id,
                 provider_task_id=provider_task_id,
                 next_poll_at=next_poll_at,
+                provider_state=_dumps(provider_state) if provider_state else None,
             )
             if row is None:
                 raise NotFound(f"no task {task_id}")
@@ -413,11 +420,17 @@ class SqlLedger(Ledger):
                 self._event(tx, task_id, "completed", {"images": len(outcome.images)})
                 self._enqueue(tx, task_id, deadline)
                 return RecordResult(duplicate=False, task=_task(row), job_enqueued=True)
-            reason = (
-                Reason.MODERATED
-                if outcome.status is OutcomeStatus.MODERATED
-                else Reason.PROVIDER_ERROR
-            )
+            if outcome.raw is not None:
+                tx.run(
+                    "insert_raw",
+                    task_id=task_id,
+                    content_type=outcome.raw_content_type,
+                    data=outcome.raw,
+                )
+            reason = {
+                OutcomeStatus.MODERATED: Reason.MODERATED,
+                OutcomeStatus.UNPARSED: Reason.UNPARSED_RESPONSE,
+            }.get(outcome.status, Reason.PROVIDER_ERROR)
             message = outcome.error_message or outcome.error_code or reason.value
             failed = self._fail(tx, task_id, reason, message, outcome)
             return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
@@ -506,6 +519,13 @@ class SqlLedger(Ledger):
         def fn(tx: Tx) -> bytes | None:
             row = tx.one("inline_image", task_id=task_id, idx=index)
             return bytes(row["data"]) if row else None
+
+        return await self._tx(fn, write=False)
+
+    async def raw_response(self, task_id: str) -> tuple[bytes, str | None] | None:
+        def fn(tx: Tx) -> tuple[bytes, str | None] | None:
+            row = tx.one("raw_response", task_id=task_id)
+            return (bytes(row["data"]), row["content_type"]) if row else None
 
         return await self._tx(fn, write=False)
 

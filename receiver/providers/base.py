@@ -19,6 +19,7 @@ import httpx
 from .. import backoff
 from ..config import ProviderSettings
 from ..errors import BadRequest, NotFound, ProviderError, ValidationFailed
+from ..fetch import Fetcher
 from ..models import Outcome, Task
 
 
@@ -35,6 +36,8 @@ class Submission:
     provider_task_id: str | None
     # Synchronous providers return the final outcome with the submission.
     outcome: Outcome | None = None
+    # What later polls need, kept in the ledger with the task (BFL: the polling_url).
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ class Provider(ABC):
     callback_grace: ClassVar[float] = 300.0
     # Formats of the per-task secret: "whsec" (Standard Webhooks) or "hex".
     secret_format: ClassVar[str] = "hex"
+    # True when the provider signs per-task callbacks. Where it does not (Vtrix, Mynth's
+    # per-request URLs), a callback is only a hint: its outcome is confirmed by reading the task
+    # from the provider's API (``confirm_by_read``, on by default there).
+    signs_callbacks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -74,6 +81,18 @@ class Provider(ABC):
         self.http = http
         self.tolerance_seconds = tolerance_seconds
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        # The safe downloader, for providers that must fetch source images to upload them
+        # (EigenAI's multipart editing); the runtime sets it.
+        self.fetcher: Fetcher | None = None
+
+    @property
+    def confirm_by_read(self) -> bool:
+        """Whether a per-task callback's outcome is taken from a read of the task rather than
+        from the callback body: the setting, else on where callbacks are unsigned."""
+        if not self.can_poll:
+            return False
+        configured = self.settings.confirm_by_read
+        return (not self.signs_callbacks) if configured is None else configured
 
     @classmethod
     def from_settings(
@@ -100,6 +119,11 @@ class Provider(ABC):
     @property
     def can_poll(self) -> bool:
         return type(self).poll is not Provider.poll
+
+    def reparse(self, raw: bytes, content_type: str | None, task: Task) -> Outcome | None:
+        """Read a kept raw answer again (``receiver replay`` of an ``unparsed_response``
+        task); None where the provider keeps no raw answers."""
+        return None
 
     # --- callback side --------------------------------------------------------------------------
 

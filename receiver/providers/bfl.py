@@ -6,10 +6,12 @@ echoed in ``X-Webhook-Secret``, or ``X-BFL-Signature: sha256=<hex HMAC>``), so b
 accepted by :func:`~receiver.signatures.verify_bfl`, each checked strictly. No delivery id is
 documented, so deliveries are de-duplicated on the task id, status and a digest of the body.
 
-Polling prefers the ``polling_url`` the submission returned (regional endpoints need it) and
-falls back to ``GET /v1/get_result?id=`` when this process did not see the submission. Only
-``Pending`` is unfinished; ``Ready`` carries ``result.sample``, a signed URL that lives
-10 minutes (its ``se=`` expiry is used when present).
+Polling uses the ``polling_url`` the submission returned, which BFL says must be used as given
+(regional hosts such as ``api.eu.bfl.ai``); it is kept in the ledger with the task, so every
+replica and every restart polls it. Only a task without one falls back to
+``GET /v1/get_result?id=``, and there "Task not found" is not believed until
+:data:`RESULT_WINDOW` has passed. Only ``Pending`` is unfinished; ``Ready`` carries
+``result.sample``, a signed URL that lives 10 minutes (its ``se=`` expiry is used when present).
 
 The parameter checks live in :class:`ModelSpec` tables so Vtrix, which exposes the same
 parameters under other model names, reuses them (``receiver/providers/vtrix.py``).
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -41,6 +45,10 @@ _INPUT_IMAGE = re.compile(r"^input_image(?:_(\d+))?$")
 _RATIO = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 _MODERATED_STATUSES = {"request moderated", "content moderated"}
 _PENDING_STATUSES = {"pending", "queued", "processing", "running", "in_progress"}
+# "Task not found" from a URL we built (not the returned polling_url) is final only this long
+# after submission: the result of a task submitted then could still exist in another region.
+RESULT_WINDOW = 1800.0
+log = logging.getLogger("receiver.providers.bfl")
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,12 @@ class ModelSpec:
     sized: bool  # width/height (FLUX.2) rather than aspect_ratio (Kontext)
     flex: bool = False  # guidance and steps
     output_formats: tuple[str, ...] = ("jpeg", "png", "webp")
+    upsampling: bool = True  # prompt_upsampling
 
     def allowed(self) -> tuple[str, ...]:
-        names = ["seed", "safety_tolerance", "output_format", "prompt_upsampling"]
+        names = ["seed", "safety_tolerance", "output_format"]
+        if self.upsampling:
+            names.append("prompt_upsampling")
         names += ["width", "height"] if self.sized else ["aspect_ratio"]
         if self.flex:
             names += ["guidance", "steps"]
@@ -83,12 +94,6 @@ class BflProvider(Provider):
     callback_grace = 120.0
     secret_format = "hex"
     models: ClassVar[dict[str, ModelSpec]] = BFL_MODELS
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # provider task id -> polling_url from the submission (an optimisation: any replica
-        # can still poll through get_result).
-        self._polling: dict[str, str] = {}
 
     # --- request side ---------------------------------------------------------------------------
 
@@ -126,7 +131,8 @@ class BflProvider(Provider):
         return body
 
     async def submit(self, task: Task, callback: CallbackTarget | None) -> Submission:
-        """``POST /v1/{model}``; repeated only on 429 (Provider.request), never after a timeout."""
+        """``POST /v1/{model}``; repeated only on 429 (Provider.request), never after a timeout.
+        The returned ``polling_url`` goes to the ledger with the task (``Submission.state``)."""
         model = self.wire_model(task.model or self.default_model or "")
         response = await self.request(
             "POST",
@@ -138,35 +144,53 @@ class BflProvider(Provider):
         if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
             raise ProviderError(f"{self.name}: submission answer has no id")
         polling_url = data.get("polling_url")
-        if isinstance(polling_url, str) and self._trusted(polling_url):
-            if len(self._polling) >= 10_000:
-                self._polling.pop(next(iter(self._polling)))
-            self._polling[data["id"]] = polling_url
-        return Submission(provider_task_id=data["id"])
+        state = None
+        if isinstance(polling_url, str) and polling_url.startswith(("https://", "http://")):
+            state = {"polling_url": polling_url}
+        return Submission(provider_task_id=data["id"], state=state)
 
-    def _trusted(self, url: str) -> bool:
-        """Our API key goes only to the configured host or to BFL's own HTTPS hosts."""
+    def trusted(self, url: str) -> bool:
+        """Our API key goes only to the configured host, to BFL's own HTTPS hosts (regional
+        ones such as ``api.eu.bfl.ai`` included), or to hosts named in option
+        ``polling_hosts``."""
         found, base = urlsplit(url), urlsplit(self.base_url)
         if (found.scheme, found.netloc) == (base.scheme, base.netloc):
             return True
         host = (found.hostname or "").lower()
-        return found.scheme == "https" and (host == "bfl.ai" or host.endswith(".bfl.ai"))
+        if found.scheme == "https" and (host == "bfl.ai" or host.endswith(".bfl.ai")):
+            return True
+        extra = self.settings.option("polling_hosts", [])
+        hosts = {str(h).lower() for h in extra} if isinstance(extra, list) else set()
+        return host in hosts and found.scheme in ("https", base.scheme)
 
     async def poll(self, task: Task) -> Outcome:
-        """The returned ``polling_url`` when known, else ``GET /v1/get_result?id=``."""
+        """The ``polling_url`` stored with the task; ``GET /v1/get_result?id=`` only for tasks
+        that have none (or one on a host we do not trust with the key)."""
         pid = task.provider_task_id
         if not pid:
             raise ProviderError(f"{self.name}: task has no provider id", maybe_sent=False)
-        url = self._polling.get(pid)
-        if url is not None:
-            response = await self.request("GET", url, headers=self._headers())
+        stored = task.provider_state.get("polling_url")
+        built = not (isinstance(stored, str) and self.trusted(stored))
+        if not built:
+            response = await self.request("GET", str(stored), headers=self._headers())
         else:
+            if stored:
+                log.warning(
+                    "%s: polling_url on an untrusted host; polling get_result instead "
+                    "(add the host to polling_hosts)",
+                    self.name,
+                    extra={"task_id": task.id},
+                )
             response = await self.request(
                 "GET", f"{self.base_url}/v1/get_result", params={"id": pid}, headers=self._headers()
             )
         outcome = parse_result(json_body(response, self.name))
-        if outcome.final:
-            self._polling.pop(pid, None)
+        if built and outcome.error_code == "task_not_found":
+            # A URL we built may be the wrong region: not proof the task is gone until the
+            # window in which its result could exist has passed.
+            started = task.submitted_at or task.created_at
+            if time.time() < started + RESULT_WINDOW:
+                return Outcome(OutcomeStatus.PENDING, provider_task_id=pid)
         return replace(
             outcome,
             provider_task_id=outcome.provider_task_id or pid,
@@ -253,13 +277,13 @@ def _int(field: str, value: Any, lo: int, hi: int) -> None:
 
 
 def _aspect_ratio(field: str, value: Any) -> None:
-    """Kontext takes any ``W:H`` between 21:9 and 9:21."""
+    """Kontext takes any ``W:H`` between 1:4 and 4:1 (BFL's SDK checks exactly this)."""
     found = _RATIO.match(value) if isinstance(value, str) else None
     if not found or not int(found.group(1)) or not int(found.group(2)):
         raise ValidationFailed(field, "must be a ratio such as 16:9")
     ratio = int(found.group(1)) / int(found.group(2))
-    if not 9 / 21 <= ratio <= 21 / 9:
-        raise ValidationFailed(field, "must be between 21:9 and 9:21")
+    if not 1 / 4 <= ratio <= 4:
+        raise ValidationFailed(field, "must be between 1:4 and 4:1")
 
 
 # --- parsing (module level so the unit tests can feed documented bodies) ----------------------

@@ -65,8 +65,10 @@ class MynthProvider(Provider):
     default_model = "auto"
     url_lifetime = SEVEN_DAYS
     callback_grace = 300.0
-    # Custom webhook URLs are unsigned; the per-task secret is never sent anywhere.
+    # Custom webhook URLs are unsigned; the per-task secret is never sent anywhere. Their
+    # outcome is therefore confirmed by reading the task (confirm_by_read, on by default).
     secret_format = "hex"
+    signs_callbacks = False
 
     # --- request side ---------------------------------------------------------------------------
 

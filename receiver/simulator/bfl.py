@@ -1,7 +1,10 @@
 """Simulated Black Forest Labs: ``POST /v1/{model}``, ``GET /v1/get_result``, webhooks.
 
-Submissions need ``x-key`` and answer ``{"id", "polling_url"}``; the task is read at
-``GET /v1/get_result?id=`` in BFL's shape (``Pending``/``Ready``/``Error``/``Task not found``/
+Submissions need ``x-key`` and answer ``{"id", "polling_url", "cost", "input_mp",
+"output_mp"}``. The ``polling_url`` names another host than the one submitted to (see
+:func:`region_url`), and the task is known only there, as at BFL's regional hosts: a client
+that polls a URL it built itself on the submission host hears "Task not found". The task is read
+at ``GET /v1/get_result?id=`` in BFL's shape (``Pending``/``Ready``/``Error``/``Task not found``/
 ``Request Moderated``/``Content Moderated``). The webhook body is BFL's documented example,
 authenticated by the per-request ``webhook_secret`` in one of BFL's two documented forms,
 alternating task by task (``X-BFL-Signature`` HMAC, then ``X-Webhook-Secret`` echo) so a
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -141,14 +145,16 @@ def start_task(
     params: dict[str, Any],
     counter: dict[str, int],
     body_of: Callable[[Simulator, SimTask], dict[str, Any]],
+    style: str | None = None,
 ) -> SimTask:
-    """Accept a BFL-style task and schedule its signed callback; the two signature forms
-    alternate from task to task unless the prompt pins one."""
+    """Accept a BFL-style task and schedule its callback, signed in ``style``; by default the
+    two signature forms alternate from task to task. A prompt marker may pin one."""
     task = sim.new_task(provider, dict(params), prefix=provider[:3])
     task.extra["model"] = model
     task.webhook_url = params.get("webhook_url")
     task.webhook_secret = params.get("webhook_secret")
-    style = str(task.faults.get("signature", "hmac" if counter["n"] % 2 == 0 else "echo"))
+    default = style or ("hmac" if counter["n"] % 2 == 0 else "echo")
+    style = str(task.faults.get("signature", default))
     task.extra["signature"] = style
     counter["n"] += 1
 
@@ -158,6 +164,19 @@ def start_task(
 
     sim.schedule(task, lambda t: sim.complete(t, 1), send)
     return task
+
+
+def region_url(sim: Simulator) -> str:
+    """Where this simulator's tasks are polled: another host than the one submissions go to,
+    as with BFL's regional hosts (``api.us1.bfl.ai`` for a task submitted to ``api.bfl.ai``).
+    ``localhost`` stands in for ``127.0.0.1`` (same listener, another host name) unless
+    ``Faults.polling_base_url`` names one."""
+    if sim.faults.polling_base_url:
+        return sim.faults.polling_base_url.rstrip("/")
+    parts = urlsplit(sim.public_url)
+    if parts.hostname == "127.0.0.1":
+        return sim.public_url.replace("//127.0.0.1", "//localhost", 1)
+    return sim.public_url
 
 
 def check_common(params: dict[str, Any], kontext: bool) -> JSONResponse | None:
@@ -232,8 +251,16 @@ def routes(sim: Simulator) -> list[Route]:
                     sim.rejected += 1
                 return refused
             task = start_task(sim, "bfl", model, params, counter, webhook_body)
+            region = region_url(sim)
+            task.extra["region_host"] = urlsplit(region).hostname
             return JSONResponse(
-                {"id": task.id, "polling_url": f"{sim.public_url}/v1/get_result?id={task.id}"}
+                {
+                    "id": task.id,
+                    "polling_url": f"{region}/v1/get_result?id={task.id}",
+                    "cost": 3.0,
+                    "input_mp": 0.0,
+                    "output_mp": 1.05,
+                }
             )
 
         return create
@@ -243,7 +270,13 @@ def routes(sim: Simulator) -> list[Route]:
             return JSONResponse({"detail": "Not authenticated"}, status_code=403)
         task_id = request.query_params.get("id", "")
         task = sim.tasks.get(task_id)
-        if task is None or task.provider != "bfl":
+        region = task.extra.get("region_host") if task is not None else None
+        if (
+            task is None
+            or task.provider != "bfl"
+            or (region is not None and request.url.hostname != region)
+        ):
+            # BFL: a task is known only at the regional host its polling_url names.
             return JSONResponse({"id": task_id, "status": "Task not found", "result": None})
         return JSONResponse(result_body(sim, task))
 

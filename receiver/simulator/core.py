@@ -54,6 +54,8 @@ class Faults:
     slow_download: float = 0.0  # seconds spent dribbling each download
     duplicates: int = 1  # copies of each callback
     callback_retries: int = 5  # retries of a callback the receiver did not 2xx
+    # BFL: where returned polling_urls point (None: this simulator under another host name).
+    polling_base_url: str | None = None
 
 
 @dataclass

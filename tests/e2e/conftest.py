@@ -87,6 +87,8 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         names = providers or ["simulated"]
         conf = base_config(tmp_path, public_url=f"http://127.0.0.1:{port}")
         conf["providers"] = {n: {"base_url": sim_url, "api_key": "sim-key"} for n in names}
+        if "bfl" in names:  # the simulator's polling_urls name localhost (another host)
+            conf["providers"]["bfl"]["polling_hosts"] = ["localhost"]
         for key, value in config.items():
             if isinstance(value, dict) and isinstance(conf.get(key), dict):
                 conf[key] = {**conf[key], **value}

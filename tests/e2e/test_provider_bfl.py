@@ -1,4 +1,4 @@
-"""Issue 3, end to end: BFL and Vtrix over real HTTP against their simulators.
+"""End to end: BFL over real HTTP against its simulator (Vtrix: test_provider_vtrix.py).
 
 Each test runs the receiver and the provider's simulator as uvicorn servers on loopback: the
 submission goes out in the provider's wire format with our webhook URL and secret, the
@@ -88,7 +88,7 @@ def test_bfl_invalid_params_are_422_and_never_sent(make_stack: Any) -> None:
             {"model": "flux-kontext-max", "params": {"input_image_5": "https://x.test/a.png"}},
             "params.input_image_5",
         ),
-        ({"model": "flux-kontext-pro", "params": {"aspect_ratio": "4:1"}}, "params.aspect_ratio"),
+        ({"model": "flux-kontext-pro", "params": {"aspect_ratio": "5:1"}}, "params.aspect_ratio"),
         ({"model": "flux-2-max", "params": {"safety_tolerance": 6}}, "params.safety_tolerance"),
         ({"model": "flux-9"}, "model"),
     ]
@@ -151,50 +151,3 @@ def test_bfl_callback_with_bad_signature_is_refused(make_stack: Any) -> None:
         and 'cause="signature"' in line
     ]
     assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1
-
-
-def test_vtrix_submit_callback_archive_with_cost(make_stack: Any) -> None:
-    stack: Stack = make_stack(providers=["vtrix"])
-    ids = []
-    for i in range(2):  # two tasks: one HMAC-signed callback, one secret echo
-        r = submit(
-            stack.base,
-            {
-                "provider": "vtrix",
-                "model": "flux_2_max",
-                "prompt": f"harbour at night {i}",
-                "params": {"seed": 77 + i, "output_format": "png"},
-            },
-        )
-        assert r.status_code == 202, r.text
-        ids.append(r.json()["id"])
-    tasks = wait_tasks(stack.base, ids, timeout=30)
-    assert [t["status"] for t in tasks] == ["archived", "archived"], tasks
-    styles = {stack.sim.tasks[t["provider_task_id"]].extra["signature"] for t in tasks}
-    assert styles == {"hmac", "echo"}
-    for i, task in enumerate(tasks):
-        state = _archived_matches_sim(stack, task)
-        assert state["params"]["model"] == "flux_2_max"
-        side = _sidecar(task)
-        assert side["provider"] == "vtrix"
-        assert side["model"] == "flux_2_max"
-        assert side["seed"] == 77 + i == state["seed"]
-        assert side["cost"] == "0.0700"
-        assert task["cost"] == "0.0700"
-
-
-def test_vtrix_moderated_and_invalid(make_stack: Any) -> None:
-    stack: Stack = make_stack(providers=["vtrix"])
-    bad = submit(
-        stack.base,
-        {"provider": "vtrix", "prompt": "a cat", "params": {"output_format": "webp"}},
-    )
-    assert bad.status_code == 422, bad.text
-    assert "params.output_format" in bad.json()["error"]["message"]
-    assert stack.sim_state()["submissions"] == 0
-    r = submit(stack.base, {"provider": "vtrix", "prompt": "y [sim:outcome=moderated]"})
-    assert r.status_code == 202, r.text
-    [task] = wait_tasks(stack.base, [r.json()["id"]], timeout=30)
-    assert task["status"] == "failed"
-    assert task["failure"]["reason"] == "moderated"
-    assert "Content flagged by the safety filter" in task["failure"]["message"]

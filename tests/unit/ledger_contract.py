@@ -76,6 +76,46 @@ class LedgerContract:
         assert found is not None and found.id == task.id
         assert await ledger.find_task("other", "prov-9") is None
 
+    async def test_provider_state_is_kept_with_the_task(self, ledger: Ledger) -> None:
+        """BFL's polling_url must survive a restart and reach every replica: it lives in the
+        ledger. A later mark without state keeps what is stored."""
+        task, _ = await ledger.create_task(new())
+        assert task.provider_state == {}
+        state = {"polling_url": "https://api.eu.bfl.ai/v1/get_result?id=p-9"}
+        marked = await ledger.mark_submitted(task.id, "p-9", next_poll_at=1.0, provider_state=state)
+        assert marked.provider_state == state
+        got = await ledger.get_task(task.id)
+        assert got is not None and got.provider_state == state
+        (polled,) = await ledger.tasks_to_poll(10)
+        assert polled.provider_state == state
+        again = await ledger.mark_submitted(task.id, None, next_poll_at=2.0)
+        assert again.provider_state == state and again.provider_task_id == "p-9"
+
+    async def test_unparsed_answer_fails_the_task_and_keeps_the_raw_bytes(
+        self, ledger: Ledger
+    ) -> None:
+        task, _ = await ledger.create_task(new())
+        raw = b'{"artifact": {"kind": "mystery", "blob": 7}}'
+        res = await ledger.record_outcome(
+            task.id,
+            Outcome(
+                status=OutcomeStatus.UNPARSED,
+                error_message="no image found in the answer",
+                raw=raw,
+                raw_content_type="application/json",
+            ),
+            provider="s",
+            delivery_key="sync:1",
+            deadline=None,
+        )
+        assert res.task is not None and res.task.status is Status.FAILED
+        assert res.task.failure_reason == Reason.UNPARSED_RESPONSE.value == "unparsed_response"
+        assert await ledger.raw_response(task.id) == (raw, "application/json")
+        assert await ledger.raw_response("tsk_other") is None
+        assert await ledger.claim_jobs("w", 5, 30) == []
+        replayed = await ledger.requeue_task(task.id, OK, None)
+        assert replayed.status is Status.COMPLETED
+
     async def test_success_enqueues_exactly_one_job_and_duplicates_change_nothing(
         self, ledger: Ledger
     ) -> None:

@@ -23,7 +23,7 @@ from receiver.errors import BadRequest, ProviderError, SignatureError, Validatio
 from receiver.models import OutcomeStatus, Task
 from receiver.providers import CallbackTarget, build_provider
 from receiver.providers.bfl import BflProvider, delivery_key, parse_result, url_expiry
-from receiver.providers.vtrix import VtrixProvider, parse_any, parse_task
+from receiver.providers.vtrix import VtrixProvider, parse_any
 from receiver.signatures import bfl_sign, task_secrets
 from receiver.simulator import Faults, build_simulator
 from tests.unit.provider_kit import make_task
@@ -140,32 +140,13 @@ def test_bfl_ready_without_sample_is_a_failure_not_a_success() -> None:
     assert outcome.status is OutcomeStatus.FAILED and outcome.error_code == "no_output"
 
 
-def test_vtrix_documented_shapes() -> None:
-    done = parse_task(fixture("vtrix", "task_completed"))
-    assert done.status is OutcomeStatus.SUCCEEDED
-    assert done.cost == "0.0700"
-    assert done.model == "flux_2_max"
-    assert [i.url for i in done.images] == [
-        "https://cdn.vtrix.ai/outputs/vtx_task_7c21e0d94b/output.jpeg"
-    ]
-    assert parse_task(fixture("vtrix", "task_processing")).status is OutcomeStatus.PENDING
-    failed = parse_task(fixture("vtrix", "task_failed"))
-    assert failed.status is OutcomeStatus.FAILED
-    assert failed.error_code == "generation_failed"
-    assert failed.error_message == "Upstream generation failed, please try again"
-    moderated = parse_task(fixture("vtrix", "task_moderated"))
-    assert moderated.status is OutcomeStatus.MODERATED
-    assert moderated.error_message == "Your request was rejected by the safety system"
-
-
-def test_vtrix_callbacks_accept_either_shape() -> None:
+def test_vtrix_callbacks_accept_bfls_shape_too() -> None:
     assert parse_any(fixture("bfl", "webhook_ready")).seed == 1847261
-    assert parse_any(fixture("vtrix", "task_completed")).cost == "0.0700"
-    wrapped = {"code": 200, "data": fixture("vtrix", "task_failed")}
+    wrapped = {"code": 200, "data": fixture("vtrix", "task_failed_code_message")}
     provider = make(VtrixProvider)
     cb = provider.parse_callback({}, json.dumps(wrapped).encode())
     assert cb.outcome.status is OutcomeStatus.FAILED
-    assert cb.provider_task_id == "vtx_task_1a2b3c4d5e"
+    assert cb.provider_task_id == "d758n65e878c73cmdg20"
 
 
 def test_url_expiry_forms() -> None:
@@ -212,7 +193,8 @@ INVALID_BFL = [
     ("flux-2-flex", {"steps": 51}, "params.steps"),
     ("flux-2-flex", {"guidance": 11}, "params.guidance"),
     ("flux-kontext-pro", {"input_image_5": "https://x.test/5.png"}, "params.input_image_5"),
-    ("flux-kontext-pro", {"aspect_ratio": "3:1"}, "params.aspect_ratio"),
+    ("flux-kontext-pro", {"aspect_ratio": "17:4"}, "params.aspect_ratio"),  # past 4:1
+    ("flux-kontext-pro", {"aspect_ratio": "1:5"}, "params.aspect_ratio"),  # past 1:4
     ("flux-kontext-pro", {"aspect_ratio": "wide"}, "params.aspect_ratio"),
     ("flux-kontext-pro", {"aspect_ratio": "0:9"}, "params.aspect_ratio"),
     ("flux-kontext-max", {"safety_tolerance": 7}, "params.safety_tolerance"),
@@ -254,6 +236,8 @@ def test_bfl_prompt_limits() -> None:
         ("flux-2-flex", {"guidance": 4.5, "steps": 50, "width": 64, "height": 64}),
         ("flux-kontext-pro", {"aspect_ratio": "21:9", "input_image_4": "https://x.test/4.png"}),
         ("flux-kontext-max", {"aspect_ratio": "9:21", "safety_tolerance": 6, "seed": None}),
+        ("flux-kontext-pro", {"aspect_ratio": "4:1"}),  # BFL's SDK: 1:4 to 4:1
+        ("flux-kontext-max", {"aspect_ratio": "1:4"}),
     ],
 )
 def test_bfl_valid_requests_pass(model: str | None, params: dict[str, Any]) -> None:
@@ -268,7 +252,7 @@ def test_bfl_valid_requests_pass(model: str | None, params: dict[str, Any]) -> N
         ("flux_2_max", {"width": 32}, "params.width"),
         ("flux_2_max", {"input_image_9": "https://x.test/9.png"}, "params.input_image_9"),
         ("flux_2_max", {"steps": 4}, "params.steps"),
-        ("flux_kontext_pro", {"aspect_ratio": "22:9"}, "params.aspect_ratio"),
+        ("flux_kontext_pro", {"aspect_ratio": "9:37"}, "params.aspect_ratio"),
         ("flux_3", {}, "model"),
     ],
 )
@@ -306,9 +290,8 @@ def test_valid_signatures_pass(cls: type[BflProvider]) -> None:
     asyncio.run(provider.verify_callback({"x-bfl-signature": upper}, BODY, SECRETS))
 
 
-@pytest.mark.parametrize("cls", [BflProvider, VtrixProvider])
-def test_tampering_is_refused(cls: type[BflProvider]) -> None:
-    provider = make(cls)
+def test_tampering_is_refused() -> None:
+    provider = make(BflProvider)
     good = bfl_sign(SECRETS[0], BODY)
     # one changed byte in the body
     flipped = bytearray(BODY)
@@ -325,18 +308,23 @@ def test_tampering_is_refused(cls: type[BflProvider]) -> None:
     assert _refused(provider, {"x-bfl-signature": "md5=" + good.split("=", 1)[1]}) == "malformed"
     assert _refused(provider, {"x-bfl-signature": "sha256="}) == "malformed"
     assert _refused(provider, {"x-webhook-secret": ""}) == "malformed"
-    # a bad HMAC is not rescued by a correct echo next to it
-    headers = {"x-bfl-signature": bfl_sign(wrong, BODY), "x-webhook-secret": SECRETS[0]}
+    # both present and both wrong
+    headers = {"x-bfl-signature": bfl_sign(wrong, BODY), "x-webhook-secret": wrong}
     assert _refused(provider, headers) == "signature"
 
 
-def test_vtrix_unsigned_only_when_configured() -> None:
-    assert _refused(make(VtrixProvider), {}) == "missing_header"
-    relaxed = make(VtrixProvider, accept_unsigned=True)
-    asyncio.run(relaxed.verify_callback({}, BODY, SECRETS))
-    # a signature that is present is still checked
-    assert _refused(relaxed, {"x-webhook-secret": "nope"}) == "signature"
-    assert _refused(make(BflProvider, accept_unsigned=True), {}) == "missing_header"
+def test_either_proof_that_holds_is_enough() -> None:
+    """BFL's SDK checks only the echoed secret; its other document describes the HMAC. When
+    both arrive, the one that holds is accepted (the SDK would accept this callback)."""
+    provider = make(BflProvider)
+    wrong = task_secrets(["someone-else-key-0123456789"], "t1", "hex")[0]
+    good_hmac, good_echo = bfl_sign(SECRETS[0], BODY), SECRETS[0]
+    for headers in (
+        {"x-bfl-signature": bfl_sign(wrong, BODY), "x-webhook-secret": good_echo},
+        {"x-bfl-signature": good_hmac, "x-webhook-secret": wrong},
+        {"x-bfl-signature": "md5=zz", "x-webhook-secret": good_echo},
+    ):
+        asyncio.run(provider.verify_callback(headers, BODY, SECRETS))
 
 
 # --- the wire -------------------------------------------------------------------------------------
@@ -381,30 +369,6 @@ def test_bfl_submit_request_shape() -> None:
     }
 
 
-def test_vtrix_submit_request_shape() -> None:
-    rec = Recorder(httpx.Response(200, json={"id": "vtx_1", "status": "pending"}))
-    provider = make(VtrixProvider, handler=rec)
-    sub = asyncio.run(provider.submit(task("vtrix", "flux-2-max", seed=3), TARGET))
-    assert sub.provider_task_id == "vtx_1"
-    [req] = rec.requests
-    assert str(req.url) == "https://cloud.vtrix.ai/model/v1/generation"
-    assert req.headers["authorization"] == "Bearer k-123"
-    assert "x-key" not in req.headers
-    body = json.loads(req.content)
-    assert body["model"] == "flux_2_max"
-    assert body["webhook_url"] == TARGET.url and body["webhook_secret"] == TARGET.secret
-    assert body["seed"] == 3 and body["prompt"] == "a lighthouse"
-
-
-def test_vtrix_submission_error_and_task_id_forms() -> None:
-    refused = Recorder(httpx.Response(200, json={"error": {"code": "x", "message": "no balance"}}))
-    with pytest.raises(ProviderError, match="no balance"):
-        asyncio.run(make(VtrixProvider, handler=refused).submit(task("vtrix", None), TARGET))
-    wrapped = Recorder(httpx.Response(200, json={"code": 200, "data": {"task_id": "vtx_9"}}))
-    sub = asyncio.run(make(VtrixProvider, handler=wrapped).submit(task("vtrix", None), TARGET))
-    assert sub.provider_task_id == "vtx_9"
-
-
 def test_429_is_retried_after_retry_after() -> None:
     rec = Recorder(
         httpx.Response(429, headers={"retry-after": "2"}, json={"detail": "busy"}), SUBMITTED
@@ -445,8 +409,11 @@ def _poll_with(polling_url: str) -> list[httpx.Request]:
     provider = make(handler=rec)
 
     async def run() -> None:
-        await provider.submit(task(), TARGET)
-        outcome = await provider.poll(task())
+        sub = await provider.submit(task(), TARGET)
+        assert sub.state == {"polling_url": polling_url}
+        polled = task()
+        polled.provider_state = sub.state
+        outcome = await provider.poll(polled)
         assert outcome.status is OutcomeStatus.SUCCEEDED
         assert outcome.model == "flux-2-pro"
 
@@ -477,23 +444,12 @@ def test_poll_without_a_known_polling_url_uses_get_result() -> None:
     assert str(rec.requests[0].url) == "https://api.bfl.ai/v1/get_result?id=bfl_abc"
 
 
-def test_vtrix_poll_path_and_option() -> None:
-    rec = Recorder(httpx.Response(200, json=fixture("vtrix", "task_completed")))
-    outcome = asyncio.run(make(VtrixProvider, handler=rec).poll(task("vtrix", "flux_2_max")))
-    assert outcome.cost == "0.0700"
-    assert str(rec.requests[0].url) == "https://cloud.vtrix.ai/model/v1/generation/bfl_abc"
-    rec = Recorder(httpx.Response(200, json=fixture("vtrix", "task_processing")))
-    provider = make(VtrixProvider, handler=rec, poll_path="/model/v1/tasks/{id}")
-    asyncio.run(provider.poll(task("vtrix")))
-    assert str(rec.requests[0].url) == "https://cloud.vtrix.ai/model/v1/tasks/bfl_abc"
-
-
 # --- against the simulators, in process -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("name", "model", "expect_cost"),
-    [("bfl", "flux-2-flex", None), ("vtrix", "flux_2_pro", "0.0300")],
+    [("bfl", "flux-2-flex", None), ("vtrix", "flux_2_pro", "0.03")],
 )
 def test_submit_then_poll_against_the_simulator(
     name: str, model: str, expect_cost: str | None
@@ -510,6 +466,7 @@ def test_submit_then_poll_against_the_simulator(
         provider.validate(t.model, t.prompt, t.params)
         sub = await provider.submit(t, None)
         t.provider_task_id = sub.provider_task_id
+        t.provider_state = sub.state or {}
         first = await provider.poll(t)
         assert first.status is OutcomeStatus.PENDING
         for _ in range(200):
@@ -532,3 +489,49 @@ def test_submit_then_poll_against_the_simulator(
         await client.aclose()
 
     asyncio.run(run())
+
+
+# --- the polling_url, kept with the task ----------------------------------------------------
+
+
+def test_poll_uses_the_polling_url_stored_with_the_task() -> None:
+    """Another replica, or this one after a restart: the stored state is all it has."""
+    regional = "https://api.eu.bfl.ai/v1/get_result?id=bfl_abc"
+    rec = Recorder(httpx.Response(200, json=fixture("bfl", "get_result_ready")))
+    stored = task()
+    stored.provider_state = {"polling_url": regional}
+    outcome = asyncio.run(make(handler=rec).poll(stored))
+    assert outcome.status is OutcomeStatus.SUCCEEDED
+    assert [str(r.url) for r in rec.requests] == [regional]
+
+
+def test_configured_polling_hosts_are_trusted() -> None:
+    rec = Recorder(httpx.Response(200, json=fixture("bfl", "get_result_pending")))
+    provider = make(handler=rec, base_url="http://127.0.0.1:9", polling_hosts=["localhost"])
+    stored = task()
+    stored.provider_state = {"polling_url": "http://localhost:9/v1/get_result?id=bfl_abc"}
+    asyncio.run(provider.poll(stored))
+    assert rec.requests[0].url.host == "localhost"
+    assert not provider.trusted("http://elsewhere.test/v1/get_result?id=x")
+    assert provider.trusted("https://api.us1.bfl.ai/v1/get_result?id=x")
+
+
+def test_task_not_found_from_a_url_we_built_is_not_final_before_the_window() -> None:
+    not_found = httpx.Response(200, json=fixture("bfl", "get_result_task_not_found"))
+    fresh = task()
+    fresh.submitted_at = time.time() - 60
+    outcome = asyncio.run(make(handler=Recorder(not_found)).poll(fresh))
+    assert outcome.status is OutcomeStatus.PENDING
+    old = task()
+    old.submitted_at = time.time() - 3 * 3600
+    outcome = asyncio.run(make(handler=Recorder(not_found)).poll(old))
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error_code == "task_not_found"
+
+
+def test_task_not_found_at_the_returned_polling_url_is_final() -> None:
+    not_found = httpx.Response(200, json=fixture("bfl", "get_result_task_not_found"))
+    stored = task()
+    stored.submitted_at = time.time()
+    stored.provider_state = {"polling_url": "https://api.us1.bfl.ai/v1/get_result?id=bfl_abc"}
+    outcome = asyncio.run(make(handler=Recorder(not_found)).poll(stored))
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error_code == "task_not_found"

@@ -204,11 +204,13 @@ def test_bfl_echoed_secret_form() -> None:
     assert caught.value.cause == "signature"
 
 
-def test_bfl_hmac_is_checked_first_when_both_are_present() -> None:
+def test_bfl_either_proof_holding_is_enough_when_both_are_present() -> None:
     body = b"{}"
+    verify_bfl({"x-bfl-signature": bfl_sign("bad", body), "x-webhook-secret": "sek"}, body, ["sek"])
+    verify_bfl({"x-bfl-signature": bfl_sign("sek", body), "x-webhook-secret": "bad"}, body, ["sek"])
     with pytest.raises(SignatureError):
         verify_bfl(
-            {"x-bfl-signature": bfl_sign("bad", body), "x-webhook-secret": "sek"}, body, ["sek"]
+            {"x-bfl-signature": bfl_sign("bad", body), "x-webhook-secret": "bad"}, body, ["sek"]
         )
 
 
