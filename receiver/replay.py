@@ -146,7 +146,15 @@ async def replay_task(rt: Runtime, task: Task, audit: dict[str, object]) -> str 
     done, else why not (the task is left as it was)."""
     provider = rt.provider(task.provider)
     try:
-        if provider.can_poll and task.provider_task_id:
+        kept = (
+            await rt.ledger.raw_response(task.id)
+            if task.failure_reason == Reason.UNPARSED_RESPONSE
+            else None
+        )
+        reread = provider.reparse(kept[0], kept[1], task) if kept is not None else None
+        if reread is not None:  # the answer kept when it could not be read, parsed again
+            outcome = reread
+        elif provider.can_poll and task.provider_task_id:
             outcome = await provider.poll(task)
         elif task.outcome is not None:
             outcome = task.outcome

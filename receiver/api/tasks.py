@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from ..models import OutcomeStatus, Status
+from ..models import OutcomeStatus, Reason, Status
 from ..signatures import access_token, verify_access_token
 from ..submit import TaskRequest, create_and_submit
 from ..views import CreatedTaskView, RedeliveryView, TaskPage, TaskView
@@ -110,7 +110,16 @@ async def replay_task(request: Request) -> Response:
     if task is None:
         raise NotFound("no such task")
     provider = rt.provider(task.provider)
-    if provider.can_poll and task.provider_task_id:
+    kept = (
+        await rt.ledger.raw_response(task_id)
+        if task.failure_reason == Reason.UNPARSED_RESPONSE
+        else None
+    )
+    reread = provider.reparse(kept[0], kept[1], task) if kept is not None else None
+    if reread is not None:
+        # The answer kept when it could not be read: parse it again (after an upgrade).
+        outcome = reread
+    elif provider.can_poll and task.provider_task_id:
         outcome = await provider.poll(task)
     elif task.outcome is not None:
         outcome = task.outcome

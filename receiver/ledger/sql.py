@@ -449,6 +449,9 @@ class SqlLedger(Ledger):
             if row is None:
                 raise NotFound(f"no task {task_id}")
             tx.run("kill_queued_jobs", task_id=task_id, error="replaced by a replay")
+            for index, image in enumerate(outcome.images):
+                if image.inline is not None:
+                    tx.run("insert_inline", task_id=task_id, idx=index, data=image.inline)
             self._event(tx, task_id, "completed", {"images": len(outcome.images), "replay": True})
             self._enqueue(tx, task_id, deadline)
             return _task(row)
@@ -729,6 +732,9 @@ class SqlLedger(Ledger):
             if row is None:
                 return None
             tx.run("kill_queued_jobs", task_id=task_id, error="replaced by a replay")
+            for index, image in enumerate(outcome.images):
+                if image.inline is not None:  # a kept answer parsed again (unparsed_response)
+                    tx.run("insert_inline", task_id=task_id, idx=index, data=image.inline)
             self._event(
                 tx,
                 task_id,

@@ -270,6 +270,8 @@ def routes(sim: Simulator) -> list[Route]:
             return JSONResponse({"detail": "Not authenticated"}, status_code=403)
         task_id = request.query_params.get("id", "")
         task = sim.tasks.get(task_id)
+        if task is not None:  # test hook: which host names the task was polled at
+            task.extra.setdefault("polled_hosts", []).append(request.url.hostname)
         region = task.extra.get("region_host") if task is not None else None
         if (
             task is None

@@ -8,6 +8,7 @@ second to start, so each test runs several tasks side by side on one stack.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver.ledger import open_ledger
 from receiver.signatures import hook_token, standard_sign
 from receiver.simulator import Faults
 from tests.e2e.conftest import Stack
@@ -163,46 +165,105 @@ def test_apimart_tasks_are_polled_then_archived_or_failed(env: Callable[..., Env
 # --- EigenAI: the submit response is the image -------------------------------------------------
 
 
-def test_eigenai_answers_are_archived_inline_or_failed(env: Callable[..., Env]) -> None:
+def test_eigenai_each_answer_shape_is_archived_or_kept(env: Callable[..., Env]) -> None:
+    """An image body, a JSON body with a data URL, a JSON body with an image URL: archived.
+    A JSON body in an unknown shape: failed ``unparsed_response``, the raw answer kept."""
     e = env("eigenai")
+    base = {"provider": "eigenai", "model": "flux-1-schnell"}
     binary = e.create(
-        {
-            "provider": "eigenai",
-            "model": "flux-1-schnell",
-            "prompt": "a lighthouse",
-            "params": {"width": 640, "height": 512, "seed": 1234},
-        }
+        {**base, "prompt": "a lighthouse [sim:answer=binary]", "params": {"seed": 1234}}
     )
-    as_json = e.create(
-        {
-            "provider": "eigenai",
-            "model": "flux-1-schnell",
-            "prompt": "json please",
-            "params": {"binary_response": False},
-        }
-    )
+    data_url = e.create({**base, "prompt": "a harbour [sim:answer=data_url]"})
+    by_url = e.create({**base, "prompt": "a cliff [sim:answer=url]"})
+    unknown = e.create({**base, "prompt": "a reef [sim:answer=unknown]"})
     refusals = [
-        e.create({"provider": "eigenai", "model": "m", "prompt": f"[sim:outcome={o}] p"})
-        for o in ("moderated", "failed")
+        e.create({**base, "prompt": f"[sim:outcome={o}] p"}) for o in ("moderated", "failed")
     ]
-    first, second, moderated, failed = e.wait([binary, as_json, *refusals])
+    first, second, third, fourth, moderated, failed = e.wait(
+        [binary, data_url, by_url, unknown, *refusals]
+    )
+    state = e.state()["tasks"]
+    # No binary_response unless asked: it is documented for editing only.
+    assert all("binary_response" not in t["params"] for t in state.values())
 
     side = e.check_archived(first)  # x-request-id names the simulator task of the bytes
     assert side["model"] == "flux-1-schnell" and side["seed"] == 1234
     assert side["source_url"] == "inline:eigenai"
-    state = e.state()["tasks"]
-    assert state[first["provider_task_id"]]["params"]["binary_response"] is True
-
     side = e.check_archived(second)
-    # No seed was asked for: the one in the JSON answer is the one the simulator used.
-    assert side["seed"] == state[second["provider_task_id"]]["seed"] == second["seed"]
-    assert e.stack.sim.downloads == 0  # nothing fetched: the bytes came with the answers
+    assert side["source_url"] == "inline:eigenai"
+    assert e.stack.sim.downloads == 1  # only the URL answer was fetched
+    side = e.check_archived(third)
+    assert side["source_url"].startswith(e.stack.sim_url + "/files/")
+    assert side["seed"] == state[third["provider_task_id"]]["seed"]
+
+    assert fourth["status"] == "failed"
+    assert fourth["failure"]["reason"] == "unparsed_response"
+    kept = asyncio.run(_raw(e.stack, fourth["id"]))
+    assert kept is not None
+    raw, content_type = kept
+    assert content_type == "application/json"
+    assert json.loads(raw)["result"]["artifact"] == fourth["provider_task_id"]
 
     assert moderated["failure"] == {"reason": "moderated", "message": FAILURES["moderated"]}
     assert failed["failure"] == {
         "reason": "provider_error",
         "message": f"eigenai: HTTP 500: {FAILURES['failed']}",
     }
+
+
+async def _raw(stack: Stack, task_id: str) -> tuple[bytes, str | None] | None:
+    ledger = open_ledger(stack.settings.ledger_url)
+    await ledger.open()
+    try:
+        return await ledger.raw_response(task_id)
+    finally:
+        await ledger.close()
+
+
+def test_eigenai_editing_uploads_the_source_image_as_multipart(env: Callable[..., Env]) -> None:
+    e = env("eigenai")
+    source = e.wait([e.create({"provider": "eigenai", "model": "m", "prompt": "source"})])[0]
+    source_sim = e.stack.sim.tasks[source["provider_task_id"]]
+    # The source image, served over HTTP by the simulator (a public URL in real use).
+    url = source_sim.urls[0]
+    source_bytes = Path(source["objects"][0]["uri"]).read_bytes()
+    assert source_bytes == source_sim.images[0]
+    edited = e.create(
+        {
+            "provider": "eigenai",
+            "model": "qwen-image-edit",
+            "prompt": "make the sky violet [sim:answer=binary]",
+            "params": {
+                "mode": "image-editing",
+                "image_file": url,
+                "num_inference_steps": 20,
+                "binary_response": True,
+                "weight": "lightning",
+            },
+        }
+    )
+    by_path = e.create(
+        {
+            "provider": "eigenai",
+            "model": "qwen-image-edit",
+            "prompt": "add a moon",
+            "params": {"image_path": "https://images.example/in.png"},
+        }
+    )
+    [task, path_task] = e.wait([edited, by_path])
+    e.check_archived(task)
+    sim_task = e.stack.sim.tasks[task["provider_task_id"]]
+    upload = sim_task.extra["upload"]
+    assert upload["field"] == "image_file" and upload["content_type"] == "image/png"
+    assert upload["sha256"] == hashlib.sha256(source_bytes).hexdigest()
+    assert sim_task.params["mode"] == "image-editing"
+    assert sim_task.params["num_inference_steps"] == "20"
+    assert sim_task.params["binary_response"] == "true"
+    e.check_archived(path_task)
+    path_sim = e.stack.sim.tasks[path_task["provider_task_id"]]
+    assert path_sim.extra["upload"] == {}
+    assert path_sim.params["image_path"] == "https://images.example/in.png"
+    assert path_sim.params["mode"] == "image-editing"
 
 
 # --- Replicate: Standard Webhooks from the account secret ----------------------------------------

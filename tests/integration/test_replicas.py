@@ -4,6 +4,7 @@ follows the database going away and coming back; SIGTERM drains and exits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -126,3 +127,79 @@ def test_replicas_start_together_and_follow_the_database(tmp_path: Path, pg_dsn:
         for r in replicas:
             r.stop()
         proxy.close()
+
+
+def test_bfl_task_is_finished_by_another_replica_through_the_stored_polling_url(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Replica A submits a BFL task and dies (kill -9) before the webhook, which never comes.
+    Replica B, which never saw the submission, polls the polling_url BFL returned (kept in the
+    ledger; on another host than base_url, where alone the task is known) and archives."""
+    import psycopg
+
+    from receiver.simulator import Faults, build_simulator
+    from tests.e2e.conftest import ServerThread
+    from tests.helpers import submit, wait_tasks
+
+    thread = ServerThread()
+    sim_port = free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    app, sim = build_simulator(sim_url, Faults(delay=0.3), ["bfl"])
+    thread.serve(app, sim_port)
+    port_a, port_b = free_port(), free_port()
+    conf = base_config(
+        tmp_path,
+        ledger_url=pg_dsn,
+        public_url=f"http://127.0.0.1:{port_a}",
+        providers={
+            "bfl": {
+                "base_url": sim_url,
+                "api_key": "sim-key",
+                "polling_hosts": ["localhost"],
+                "callback_grace_seconds": 1.0,
+            }
+        },
+    )
+    path = write_config(tmp_path, conf)
+    # A's reconciler ticks once at start and then not for an hour: only B can poll the task.
+    replica_a = Proc(
+        ["serve", "--port", str(port_a), "--config", str(path)],
+        tmp_path / "a.log",
+        env={"RECEIVER_WORKER__RECONCILE_INTERVAL": "3600"},
+    )
+    replica_b = Proc(["serve", "--port", str(port_b), "--config", str(path)], tmp_path / "b.log")
+    try:
+        replica_a.start()
+        wait_http(f"http://127.0.0.1:{port_a}/readyz", timeout=60, proc=replica_a.proc)
+        r = submit(
+            f"http://127.0.0.1:{port_a}",
+            {
+                "provider": "bfl",
+                "model": "flux-2-pro",
+                "prompt": "a lighthouse [sim:no_callback=1]",
+            },
+        )
+        assert r.status_code == 202, r.text
+        task_id, pid = r.json()["id"], r.json()["provider_task_id"]
+        assert pid in sim.tasks
+        replica_a.kill9()
+
+        with psycopg.connect(pg_dsn) as conn:
+            (state,) = conn.execute(
+                "SELECT provider_state FROM tasks WHERE id = %s", (task_id,)
+            ).fetchone()  # type: ignore[misc]
+        polling_url = json.loads(state)["polling_url"]
+        assert polling_url == f"http://localhost:{sim_port}/v1/get_result?id={pid}"
+
+        replica_b.start()
+        wait_http(f"http://127.0.0.1:{port_b}/readyz", timeout=60, proc=replica_b.proc)
+        [task] = wait_tasks(f"http://127.0.0.1:{port_b}", [task_id], timeout=60)
+        assert task["status"] == "archived", (task, replica_b.output()[-3000:])
+        assert set(sim.tasks[pid].extra["polled_hosts"]) == {"localhost"}
+        assert sim.callbacks_sent == 0
+        archived = Path(task["objects"][0]["uri"]).read_bytes()
+        assert archived == sim.tasks[pid].images[0]
+    finally:
+        replica_a.stop()
+        replica_b.stop()
+        thread.stop()

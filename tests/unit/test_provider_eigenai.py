@@ -20,6 +20,11 @@ from tests.unit.provider_kit import Handler, make_task, mock_provider
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eigenai"
 PNG = render_png("eigenai-unit", 8, 8)
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 40
+JPEG_REAL = __import__("base64").b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwc"
+    "KDcpLDAxNDQ0Hyc5PTgyPC4zNDL/wAALCAABAAEBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAACf/EABQQAQAAAAAAAAAA"
+    "AAAAAAAAAAD/2gAIAQEAAD8AKp//2Q=="
+)
 
 
 def load(name: str) -> Any:
@@ -63,10 +68,17 @@ def test_documented_requests_are_valid(body: dict[str, Any]) -> None:
         ("m", {"width": 1024.5}, "params.width"),
         ("m", {"width": True}, "params.width"),
         ("m", {"seed": -1}, "params.seed"),
-        ("m", {"mode": "image-editing"}, "params.mode"),
-        ("m", {"image_path": "https://e.example/in.png"}, "params.image_path"),
-        ("m", {"image_file": "x"}, "params.image_file"),
-        ("m", {"lora_strength": 0.8}, "params.lora_strength"),
+        ("m", {"mode": "inpainting"}, "params.mode"),
+        ("m", {"mode": "image-editing"}, "params.image_file"),  # needs a source image
+        ("m", {"image_path": "https://e.example/in.png", "width": 1024}, "params.width"),
+        ("m", {"image_file": "x"}, "params.image_file"),  # must be a URL to fetch
+        (
+            "m",
+            {"image_file": "https://e.example/a.png", "image": "https://e.example/b.png"},
+            "params.image",
+        ),
+        ("m", {"lora_strength": 0.8}, "params.lora_strength"),  # editing only
+        ("m", {"image_path": "https://e.example/a.png", "weight": "heavy"}, "params.weight"),
         ("m", {"binary_response": "yes"}, "params.binary_response"),
         ("m", {"guidance_scale": 0}, "params.guidance_scale"),
         ("m", {"output_format": "webp"}, "params.output_format"),
@@ -110,9 +122,14 @@ def test_untyped_bytes_are_sniffed() -> None:
     assert outcome.images[0].inline == JPEG and outcome.images[0].content_type == "image/jpeg"
 
 
+def _json(data: Any) -> Any:
+    raw = json.dumps(data).encode()
+    return parse_json(data, raw=raw, content_type="application/json", model="m")
+
+
 def test_json_answer_with_base64() -> None:
     data = load("response_json_base64.json")
-    outcome = parse_json(data, model="m")
+    outcome = _json(data)
     assert outcome.status is OutcomeStatus.SUCCEEDED and outcome.seed == 314159
     [image] = outcome.images
     assert image.inline == base64.b64decode(data["image_base64"])
@@ -121,34 +138,78 @@ def test_json_answer_with_base64() -> None:
 
 
 def test_json_answer_with_a_url_gets_a_deadline() -> None:
-    outcome = parse_json(load("response_json_url.json"), model="m")
+    outcome = _json(load("response_json_url.json"))
     assert outcome.status is OutcomeStatus.SUCCEEDED and outcome.seed == 9
     [image] = outcome.images
     assert image.url == "https://cdn.eigenai.example/out/abc.png"
     assert provider().deadline_for(outcome, received_at=100.0) == 100.0 + 600.0
 
 
-def test_json_errors_are_failures_or_moderation() -> None:
-    moderated = parse_json(load("error_moderated.json"), model="m")
+def test_json_errors_are_failures_or_moderation_with_the_answer_kept() -> None:
+    moderated = _json(load("error_moderated.json"))
     assert moderated.status is OutcomeStatus.MODERATED
     assert moderated.error_message == "Content flagged by the safety filter"
-    failed = parse_json({"status": "failed", "error": {"message": "GPU lost"}}, model="m")
+    failed = _json({"status": "failed", "error": {"message": "GPU lost"}})
     assert failed.status is OutcomeStatus.FAILED and failed.error_message == "GPU lost"
-    with pytest.raises(ProviderError, match="no image"):
-        parse_json({"status": "ok"}, model="m")
+    assert failed.raw is not None
 
 
-def test_html_answer_is_a_provider_error() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"status": "ok"},
+        {"result": {"artifact": "a1", "state": "stored"}},
+        {"message": "done", "link": "https://eigen.example/docs"},  # a URL, but not an image's
+        [1, 2, 3],
+    ],
+)
+def test_json_without_an_image_is_unparsed_and_kept(data: Any) -> None:
+    raw = json.dumps(data).encode()
+    response = httpx.Response(200, content=raw, headers={"content-type": "application/json"})
+    outcome = parse_response(response, model="m")
+    assert outcome.status is OutcomeStatus.UNPARSED
+    assert outcome.raw == raw and outcome.raw_content_type == "application/json"
+    assert outcome.error_code == "unparsed_response"
+
+
+def test_images_are_found_anywhere_in_the_json() -> None:
+    encoded = base64.b64encode(PNG).decode()
+    data = {
+        "output": {
+            "items": [
+                {"preview": f"data:image/png;base64,{encoded}"},
+                {"location": "https://cdn.eigen.example/gen/77.jpg?sig=x"},
+                {"blob": base64.b64encode(JPEG_REAL).decode()},
+                {"note": "not base64 at all, just a sentence that is long enough to be tried"},
+            ]
+        }
+    }
+    outcome = _json(data)
+    assert outcome.status is OutcomeStatus.SUCCEEDED
+    first, second, third = outcome.images
+    assert first.inline == PNG and first.content_type == "image/png"
+    assert second.url == "https://cdn.eigen.example/gen/77.jpg?sig=x"
+    assert third.inline == JPEG_REAL and third.content_type == "image/jpeg"
+
+
+def test_html_answer_is_unparsed_and_kept() -> None:
     response = httpx.Response(200, text="<html>oops</html>", headers={"content-type": "text/html"})
-    with pytest.raises(ProviderError, match="neither an image nor JSON"):
-        parse_response(response)
+    outcome = parse_response(response)
+    assert outcome.status is OutcomeStatus.UNPARSED and outcome.raw == b"<html>oops</html>"
+
+
+def test_a_kept_answer_can_be_read_again() -> None:
+    encoded = base64.b64encode(PNG).decode()
+    raw = json.dumps({"images": [{"url": f"data:image/png;base64,{encoded}"}]}).encode()
+    outcome = provider().reparse(raw, "application/json", task())
+    assert outcome is not None and outcome.images[0].inline == PNG
 
 
 # --- the wire ----------------------------------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_submit_asks_for_binary_and_returns_the_outcome() -> None:
+async def test_submit_sends_json_without_binary_response_and_returns_the_outcome() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -164,7 +225,6 @@ async def test_submit_asks_for_binary_and_returns_the_outcome() -> None:
     assert json.loads(request.content) == {
         "model": "flux-1-kontext",
         "prompt": "a watercolor fox",
-        "binary_response": True,
         "seed": 42,
         "width": 640,
         "height": 512,
@@ -179,9 +239,7 @@ async def test_submit_asks_for_binary_and_returns_the_outcome() -> None:
 @pytest.mark.anyio
 async def test_submit_with_json_answer() -> None:
     data = load("response_json_base64.json")
-    sub = await provider(lambda r: httpx.Response(200, json=data)).submit(
-        task(params={"binary_response": False}), None
-    )
+    sub = await provider(lambda r: httpx.Response(200, json=data)).submit(task(params={}), None)
     assert sub.outcome is not None and sub.outcome.seed == 314159
     assert sub.outcome.images[0].inline == base64.b64decode(data["image_base64"])
 
@@ -221,3 +279,44 @@ async def test_transport_errors_do_not_leak() -> None:
 
     with pytest.raises(ProviderError, match="timed out"):
         await provider(broken).submit(task(), None)
+
+
+@pytest.mark.anyio
+async def test_editing_uploads_the_fetched_source_as_multipart() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=PNG, headers={"content-type": "image/png"})
+
+    fetched_from: list[str] = []
+
+    class Fetcher:
+        async def fetch(self, url: str) -> Any:
+            from receiver.config import FetchSettings
+            from receiver.fetch import Fetcher as Real
+
+            fetched_from.append(url)
+            return await Real(FetchSettings()).fetch_bytes(JPEG_REAL, url)
+
+    eigen = provider(handler)
+    eigen.fetcher = Fetcher()  # type: ignore[assignment]
+    params = {
+        "image_file": "https://img.example/source.jpg",
+        "lora_strength": 0.6,
+        "offloading": True,
+    }
+    eigen.validate("qwen-image-edit", "violet sky", params)
+    sub = await eigen.submit(
+        task(model="qwen-image-edit", prompt="violet sky", params=params), None
+    )
+    assert sub.outcome is not None and sub.outcome.images[0].inline == PNG
+    assert fetched_from == ["https://img.example/source.jpg"]
+    [request] = seen
+    assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
+    body = request.content
+    assert b'name="mode"\r\nContent-Type: text/plain\r\n\r\nimage-editing' in body
+    assert b'name="image_file"; filename="source.jpg"' in body
+    assert JPEG_REAL in body
+    assert b'name="offloading"\r\nContent-Type: text/plain\r\n\r\ntrue' in body
+    assert b"https://img.example/source.jpg" not in body  # the bytes went, not the URL
