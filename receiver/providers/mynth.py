@@ -49,9 +49,13 @@ _PARAMS = (
     "metadata",
     "access",
 )
-_OUTPUT_KEYS = ("format", "quality", "upscale")
-_FORMATS = ("webp", "png", "jpg", "jpeg")
-_SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,63})$")
+_OUTPUT_KEYS = ("format", "quality")
+# Mynth's SDK (mynthio/oss, packages/sdk/src/types.ts): png | jpg | webp, quality 1-100.
+_FORMATS = ("png", "jpg", "webp")
+# Destination slugs: lowercase letters, digits and dashes (Mynth's destination reference),
+# 1 to 64 characters (seed 000).
+_SLUG = re.compile(r"^[a-z0-9-]{1,64}$")
+_RATING_MODES = ("nsfw_sfw", "custom")
 _MODEL = re.compile(r"^(?:auto|[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)$")
 _IMAGE_OK = {"success", "succeeded", "completed"}
 _MODERATED = re.compile(
@@ -80,9 +84,8 @@ class MynthProvider(Provider):
             raise ValidationFailed("prompt", f"must be 1 to {MAX_PROMPT} characters")
         if "prompt" in params:
             raise ValidationFailed("params.prompt", "give the prompt once, at the top level")
-        if "webhook" in params:
-            raise ValidationFailed("params.webhook", "is set by the receiver")
-        self.reject_unknown(params, _PARAMS)
+        _webhook(params.get("webhook"))
+        self.reject_unknown(params, (*_PARAMS, "webhook"))
         _text(params, "negative_prompt", MAX_PROMPT)
         count = params.get("count")
         if count is not None and (
@@ -95,7 +98,10 @@ class MynthProvider(Provider):
         if destination is not None and (
             not isinstance(destination, str) or not _SLUG.match(destination)
         ):
-            raise ValidationFailed("params.destination", "must be a slug of 1 to 64 characters")
+            raise ValidationFailed(
+                "params.destination",
+                "must be a slug of 1 to 64 lowercase letters, digits and dashes",
+            )
         _rating(params.get("rating"))
         size = params.get("size")
         if size is not None and not isinstance(size, str | dict):
@@ -114,8 +120,13 @@ class MynthProvider(Provider):
             "model": task.model or self.default_model,
             **{k: v for k, v in task.params.items() if k in _PARAMS},
         }
+        webhook: dict[str, Any] = {}
+        if isinstance(task.params.get("webhook"), dict) and "dashboard" in task.params["webhook"]:
+            webhook["dashboard"] = False  # mute the account's webhooks for this task
         if callback is not None:
-            body["webhook"] = {"custom": [{"url": callback.url}]}
+            webhook["custom"] = [{"url": callback.url}]
+        if webhook:
+            body["webhook"] = webhook
         response = await self.request(
             "POST", f"{self.base_url}/image/generate", json=body, headers=self._headers()
         )
@@ -244,21 +255,45 @@ def _output(value: Any) -> None:
         raise ValidationFailed("params.output.format", f"must be one of {', '.join(_FORMATS)}")
     quality = value.get("quality")
     if quality is not None and (
-        isinstance(quality, bool) or not isinstance(quality, int | float) or not 0 <= quality <= 100
+        isinstance(quality, bool) or not isinstance(quality, int | float) or not 1 <= quality <= 100
     ):
-        raise ValidationFailed("params.output.quality", "must be a number, 0 to 100")
+        raise ValidationFailed("params.output.quality", "must be a number, 1 to 100")
 
 
-def _rating(value: Any) -> None:
+def _webhook(value: Any) -> None:
+    """Only ``{"dashboard": false}`` (mute the account's webhooks for this task): the custom
+    URL is ours."""
     if value is None:
         return
     if not isinstance(value, dict):
-        raise ValidationFailed("params.rating", "must be an object")
-    levels = value.get("levels")
-    if levels is None:
+        raise ValidationFailed("params.webhook", "must be an object")
+    for key in value:
+        if key != "dashboard":
+            raise ValidationFailed(f"params.webhook.{key}", "is set by the receiver")
+    if value.get("dashboard") is not False:
+        raise ValidationFailed("params.webhook.dashboard", "can only be false")
+
+
+def _rating(value: Any) -> None:
+    """``true`` (the default sfw/nsfw classifier), ``{"mode": "nsfw_sfw"}``, or
+    ``{"mode": "custom", "levels": [{value, description}, ...]}`` (the SDK's three forms)."""
+    if value is None or value is True:
         return
-    if not isinstance(levels, list):
-        raise ValidationFailed("params.rating.levels", "must be a list")
+    if not isinstance(value, dict):
+        raise ValidationFailed("params.rating", "must be true or an object")
+    for key in value:
+        if key not in ("mode", "levels"):
+            raise ValidationFailed(f"params.rating.{key}", "is not a rating option")
+    mode = value.get("mode", "nsfw_sfw")
+    if mode not in _RATING_MODES:
+        raise ValidationFailed("params.rating.mode", f"must be one of {', '.join(_RATING_MODES)}")
+    levels = value.get("levels")
+    if mode != "custom":
+        if levels is not None:
+            raise ValidationFailed("params.rating.levels", "is for mode custom only")
+        return
+    if not isinstance(levels, list) or not levels:
+        raise ValidationFailed("params.rating.levels", "must be a non-empty list")
     for i, level in enumerate(levels):
         if (
             not isinstance(level, dict)

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from receiver.errors import BadRequest, ProviderError, ValidationFailed
-from receiver.models import Outcome, OutcomeStatus, Task
+from receiver.models import Outcome, OutcomeStatus, Reason, Task
 from receiver.providers.apimart import ApimartProvider, parse_submission, parse_task
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "apimart"
@@ -274,3 +275,18 @@ async def test_http_failures_become_provider_errors() -> None:
     refused = {"code": 500, "error": {"message": "quota exhausted"}}
     with pytest.raises(ProviderError, match="quota exhausted"):
         await provider(lambda r: httpx.Response(200, json=refused)).submit(task(), None)
+
+
+class TestApimartContract(ProviderContract):
+    """Poll-only: no callback URL is ever sent."""
+
+    name = "apimart"
+    model = "flux-2-pro"
+    provider_task_id = "task_01KFG5BBFNK1YQDTJDZY0P0QT2"
+    submit_answer = "submit_answer"
+    poll_answer = "task_completed_url_string"
+    failure_forms = [
+        ("task_failed", "poll", Reason.PROVIDER_ERROR),
+        ("task_failed_moderated", "poll", Reason.MODERATED),
+        ("task_cancelled", "poll", Reason.PROVIDER_ERROR),
+    ]

@@ -20,12 +20,13 @@ import pytest
 
 from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Task
-from receiver.providers import CallbackTarget, build_provider
+from receiver.models import OutcomeStatus, Reason, Task
+from receiver.providers import CallbackTarget, Provider, build_provider
 from receiver.providers.bfl import BflProvider, delivery_key, parse_result, url_expiry
 from receiver.providers.vtrix import VtrixProvider, parse_any
 from receiver.signatures import bfl_sign, task_secrets
 from receiver.simulator import Faults, build_simulator
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import make_task
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -535,3 +536,26 @@ def test_task_not_found_at_the_returned_polling_url_is_final() -> None:
     stored.provider_state = {"polling_url": "https://api.us1.bfl.ai/v1/get_result?id=bfl_abc"}
     outcome = asyncio.run(make(handler=Recorder(not_found)).poll(stored))
     assert outcome.status is OutcomeStatus.FAILED and outcome.error_code == "task_not_found"
+
+
+class TestBflContract(ProviderContract):
+    name = "bfl"
+    model = "flux-2-pro"
+    provider_task_id = "3f2a9c1e-7b4d-4e8a-9c21-5d6e7f809a1b"
+    success_callback = "webhook_ready"
+    submit_answer = "submit_response"
+    poll_answer = "get_result_ready"
+    failure_forms = [
+        ("webhook_error", "callback", Reason.PROVIDER_ERROR),
+        ("webhook_content_moderated", "callback", Reason.MODERATED),
+        ("get_result_request_moderated", "poll", Reason.MODERATED),
+        ("get_result_task_not_found", "poll", Reason.PROVIDER_ERROR),
+    ]
+
+    def sign(self, provider: Provider, body: bytes, secret: str) -> dict[str, str]:
+        return {"x-bfl-signature": bfl_sign(secret, body)}
+
+    def task(self, **over: Any) -> Task:
+        """Tasks carry the polling_url their submission returned (kept in the ledger)."""
+        polling = f"https://api.us1.bfl.ai/v1/get_result?id={self.provider_task_id}"
+        return super().task(**{"provider_state": {"polling_url": polling}, **over})

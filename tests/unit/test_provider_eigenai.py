@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from receiver.errors import ProviderError, ValidationFailed
-from receiver.models import OutcomeStatus, Task
+from receiver.models import OutcomeStatus, Reason, Task
 from receiver.providers.eigenai import EigenaiProvider, parse_json, parse_response
 from receiver.simulator.images import render_png
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eigenai"
@@ -320,3 +321,24 @@ async def test_editing_uploads_the_fetched_source_as_multipart() -> None:
     assert JPEG_REAL in body
     assert b'name="offloading"\r\nContent-Type: text/plain\r\n\r\ntrue' in body
     assert b"https://img.example/source.jpg" not in body  # the bytes went, not the URL
+
+
+class TestEigenaiContract(ProviderContract):
+    """Synchronous: no callbacks, no polling; the answer to the submission is the outcome."""
+
+    name = "eigenai"
+    model = "flux-1-kontext"
+    submit_answer = "response_json_base64"
+    failure_forms = [
+        ("error_moderated", "submit", Reason.MODERATED),
+        ("unparsed", "submit", Reason.UNPARSED_RESPONSE),
+    ]
+
+    def answer(self, name: str, content_type: str = "application/json") -> httpx.Response:
+        if name == "error_moderated":  # a refusal comes as an HTTP 400
+            return httpx.Response(
+                400, content=self.fixture(name), headers={"content-type": content_type}
+            )
+        if name == "unparsed":  # a shape no document describes
+            return httpx.Response(200, json={"result": {"artifact": "a1"}})
+        return super().answer(name, content_type)

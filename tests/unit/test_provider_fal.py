@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from receiver.config import ProviderSettings
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Task
-from receiver.providers import CallbackTarget, build_provider
+from receiver.models import OutcomeStatus, Reason, Task
+from receiver.providers import CallbackTarget, Provider, build_provider
 from receiver.providers.fal import DEFAULT_JWKS_URL, FalProvider, app_id, from_payload
 from receiver.signatures import fal_sign, public_jwk
 from receiver.simulator import Faults, build_simulator
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fal"
@@ -617,3 +618,43 @@ async def test_simulated_queue_does_not_swallow_other_simulators_routes() -> Non
         )
         assert too_many.status_code == 422
     await sim.aclose()
+
+
+CONTRACT_KEY = Ed25519PrivateKey.generate()
+
+
+class TestFalContract(ProviderContract):
+    name = "fal"
+    model = "fal-ai/flux/dev"
+    settings = {"base_url": "https://queue.fal.test", "jwks_url": JWKS_URL}
+    provider_task_id = "80e732af-660e-45cd-bd63-580e4f2a94cc"
+    success_callback = "callback_ok"
+    submit_answer = "submit_response"
+    poll_answer = "status_completed"
+    failure_forms = [
+        ("callback_error", "callback", Reason.PROVIDER_ERROR),
+        ("callback_content_policy", "callback", Reason.MODERATED),
+        ("callback_nsfw_all", "callback", Reason.MODERATED),
+    ]
+
+    def provider(self, handler: Any = None) -> Provider:
+        keys = Keys(CONTRACT_KEY)
+
+        def route(request: httpx.Request) -> httpx.Response:
+            if str(request.url) == JWKS_URL:
+                return keys.handler(request)
+            return handler(request) if handler else httpx.Response(500)
+
+        return super().provider(route)
+
+    def sign(self, provider: Provider, body: bytes, secret: str) -> dict[str, str]:
+        request_id = json.loads(body).get("request_id") or "r-1"
+        return signed(CONTRACT_KEY, body, request_id=request_id)
+
+    def poll_handler(self, name: str) -> Any:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/status"):
+                return self.answer(name)
+            return httpx.Response(200, json=load("result.json"))
+
+        return handler

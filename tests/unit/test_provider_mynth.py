@@ -16,10 +16,11 @@ import httpx
 import pytest
 
 from receiver.errors import BadRequest, ProviderError, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Task
+from receiver.models import OutcomeStatus, Reason, Task
 from receiver.providers import CallbackTarget, provider_class
 from receiver.providers.mynth import MynthProvider
 from receiver.signatures import mynth_sign, standard_sign
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "mynth"
@@ -189,10 +190,22 @@ def test_unknown_task_status_is_a_bad_request() -> None:
         ("ok", {"output": {"format": "gif"}}, "params.output.format"),
         ("ok", {"output": {"quality": 101}}, "params.output.quality"),
         ("ok", {"output": {"colour": "red"}}, "params.output.colour"),
-        ("ok", {"rating": {"levels": [{"value": "<13"}]}}, "params.rating.levels[0]"),
+        (
+            "ok",
+            {"rating": {"mode": "custom", "levels": [{"value": "<13"}]}},
+            "params.rating.levels[0]",
+        ),
+        ("ok", {"rating": {"mode": "custom"}}, "params.rating.levels"),
+        ("ok", {"rating": {"mode": "strict"}}, "params.rating.mode"),
+        ("ok", {"rating": False}, "params.rating"),
+        ("ok", {"destination": "Bunny-Prod"}, "params.destination"),  # lowercase only
+        ("ok", {"destination": "bunny_prod"}, "params.destination"),  # no underscores
+        ("ok", {"output": {"format": "jpeg"}}, "params.output.format"),  # the SDK says jpg
+        ("ok", {"output": {"quality": 0}}, "params.output.quality"),
+        ("ok", {"webhook": {"dashboard": True}}, "params.webhook.dashboard"),
         ("ok", {"metadata": "text"}, "params.metadata"),
         ("ok", {"width": 512}, "params.width"),
-        ("ok", {"webhook": {"custom": [{"url": "https://evil.test"}]}}, "params.webhook"),
+        ("ok", {"webhook": {"custom": [{"url": "https://evil.test"}]}}, "params.webhook.custom"),
         ("ok", {"prompt": "again"}, "params.prompt"),
     ],
 )
@@ -224,6 +237,13 @@ def test_documented_values_at_the_limits_pass() -> None:
     )
     provider().validate(None, "p", {})
     provider().validate("auto", "p", {"count": 1})
+    # The SDK's forms: rating true or {mode: nsfw_sfw}, jpg/png output, dashboard muted.
+    for params in (
+        {"rating": True, "output": {"format": "jpg", "quality": 1}},
+        {"rating": {"mode": "nsfw_sfw"}, "output": {"format": "png", "quality": 100}},
+        {"webhook": {"dashboard": False}, "destination": "bunny-prod-2"},
+    ):
+        provider().validate(None, "p", params)
 
 
 def test_bad_model_is_422() -> None:
@@ -258,6 +278,25 @@ def test_submit_sends_the_documented_request() -> None:
         "webhook": {"custom": [{"url": "https://receiver.test/v1/hooks/mynth/tok"}]},
     }
     assert "s3cret" not in req.content.decode()  # custom webhooks are unsigned: never sent
+
+
+def test_submit_can_mute_the_dashboard_webhooks_and_ask_for_a_rating() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, content=fixture("create_response"))
+
+    target = CallbackTarget(url="https://receiver.test/v1/hooks/mynth/tok", secret="s3cret")
+    params = {"webhook": {"dashboard": False}, "rating": True, "output": {"format": "jpg"}}
+    provider().validate(None, "Cute Cat", params)
+    asyncio.run(provider(handler).submit(task(params=params), target))
+    body = json.loads(seen[0].content)
+    assert body["webhook"] == {
+        "dashboard": False,
+        "custom": [{"url": "https://receiver.test/v1/hooks/mynth/tok"}],
+    }
+    assert body["rating"] is True and body["output"] == {"format": "jpg"}
 
 
 def test_submit_without_a_task_id_is_a_provider_error() -> None:
@@ -412,3 +451,20 @@ def test_a_bad_standard_signature_is_not_rescued_by_a_bad_legacy_one() -> None:
     assert refused(headers) == "signature"
     # ...but either genuine signature next to a wrong one is the sender's own proof.
     verify({**standard_headers("wbs_wrong"), **legacy_headers(ACCOUNT_SECRET)})
+
+
+class TestMynthContract(ProviderContract):
+    """Per-request custom webhook URLs are unsigned: confirm_by_read is on."""
+
+    name = "mynth"
+    model = "black-forest-labs/flux.2-pro"
+    provider_task_id = "tsk_01jx8m2q9v4c7d3e5f6g7h8j9k"
+    success_callback = "webhook_standard_completed"
+    submit_answer = "create_response"
+    poll_answer = "result_completed"
+    failure_forms = [
+        ("webhook_standard_failed", "callback", Reason.PROVIDER_ERROR),
+        ("webhook_standard_moderated", "callback", Reason.MODERATED),
+        ("webhook_standard_all_images_failed", "callback", Reason.PROVIDER_ERROR),
+        ("webhook_legacy_failed", "callback", Reason.PROVIDER_ERROR),
+    ]

@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from receiver.errors import BadRequest, SignatureError, ValidationFailed
-from receiver.models import OutcomeStatus, Task
-from receiver.providers import CallbackTarget
+from receiver.models import OutcomeStatus, Reason, Task
+from receiver.providers import CallbackTarget, Provider
 from receiver.providers.replicate import ReplicateProvider, parse_prediction
 from receiver.signatures import standard_sign
+from tests.unit.provider_contract import ProviderContract
 from tests.unit.provider_kit import Handler, make_task, mock_provider
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "replicate"
@@ -330,3 +331,24 @@ def test_callback_delivery_key_is_the_webhook_id() -> None:
     assert callback.outcome.status is OutcomeStatus.SUCCEEDED
     with pytest.raises(BadRequest):
         provider().parse_callback({}, b"not json")
+
+
+ACCOUNT_SECRET = "whsec_" + base64.b64encode(b"contract-account-secret-0123456").decode()
+
+
+class TestReplicateContract(ProviderContract):
+    name = "replicate"
+    model = "black-forest-labs/flux-schnell"
+    settings = {"webhook_secret": ACCOUNT_SECRET, "fetch_webhook_secret": False}
+    provider_task_id = "q3vb6k9dxsrm80ckr2ab5xmfzm"
+    success_callback = "prediction_succeeded_list"
+    submit_answer = "prediction_starting"
+    poll_answer = "prediction_succeeded_list"
+    failure_forms = [
+        ("prediction_failed", "callback", Reason.PROVIDER_ERROR),
+        ("prediction_failed_nsfw", "callback", Reason.MODERATED),
+        ("prediction_canceled", "callback", Reason.PROVIDER_ERROR),
+    ]
+
+    def sign(self, provider: Provider, body: bytes, secret: str) -> dict[str, str]:
+        return signed(ACCOUNT_SECRET, body)
