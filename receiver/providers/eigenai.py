@@ -146,8 +146,13 @@ class EigenaiProvider(Provider):
             value = params.get(key)
             if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 8192):
                 raise ValidationFailed(f"params.{key}", "must be a non-empty string")
-        self.require_choice(params, "output_format", ("jpg", "png"))
-        self.require_choice(params, "weight", ("lightning", "vanilla"))
+        for key, choices in (
+            ("output_format", ("jpg", "png")),
+            ("weight", ("lightning", "vanilla")),
+        ):
+            value = params.get(key)
+            if value is not None and value not in choices:
+                raise ValidationFailed(f"params.{key}", f"must be one of {', '.join(choices)}")
 
     async def submit(self, task: Task, callback: CallbackTarget | None) -> Submission:
         """One POST whose answer is the result; no callback is ever sent."""
