@@ -112,3 +112,24 @@ def test_completion_of_an_unknown_shell_is_refused(capsys: pytest.CaptureFixture
 def test_readme_documents_the_completion_command() -> None:
     assert re.search(r"^receiver completion bash", README, re.M)
     assert "receiver completion zsh" in README
+
+
+def test_readme_completion_lines_install_a_working_bash_completion(tmp_path: Path) -> None:
+    """The README's lines, run as written with HOME in a temporary folder, leave a script
+    that bash loads and that registers completion for `receiver`."""
+    bash = shutil.which("bash")
+    receiver = shutil.which("receiver")
+    if bash is None or receiver is None:
+        pytest.skip("needs bash and the installed receiver command")
+    block = README.split("Shell completion scripts come from the same parser:", 1)[1]
+    lines = block.split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()
+    # The folder line and the bash line; zsh and tcsh may not be installed here.
+    setup = [ln.split("#")[0].strip() for ln in lines if "zsh" not in ln and "tcsh" not in ln]
+    assert len(setup) == 2 and setup[1].startswith("receiver completion bash")
+    env = {"HOME": str(tmp_path), "PATH": str(Path(receiver).parent) + ":/usr/bin:/bin"}
+    done = subprocess.run([bash, "-c", " && ".join(setup)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / ".local/share/bash-completion/completions/receiver"
+    check = f"source {script} && complete -p receiver"
+    loaded = subprocess.run([bash, "-c", check], env=env, capture_output=True, text=True)
+    assert loaded.returncode == 0 and "receiver" in loaded.stdout, loaded.stderr
