@@ -7,7 +7,7 @@ read and validated against those very bytes at archive time. The result goes int
 Reading is evidence-gathering, never a gate: a missing, malformed or hostile manifest is recorded
 as such and the image is archived all the same. The native reader (``c2pa-python``, the Content
 Authenticity Initiative's own bindings over c2pa-rs: the specification's reference validator,
-which a hand-written JUMBF/COSE parser could not match) runs in a small thread pool under a time
+which a hand-written JUMBF/COSE parser could not match) runs in daemon threads under a time
 budget, on at most ``max_bytes`` of input; remote manifests are never fetched, so a result URL
 cannot make the archiver reach another host. When the library cannot be imported (a platform
 without its native wheel), the block says so and archiving goes on.
@@ -208,7 +208,9 @@ def summarize(store: dict[str, Any]) -> dict[str, Any]:
     """The sidecar block from the reader's manifest-store JSON."""
     label = store.get("active_manifest")
     manifests = store.get("manifests")
-    manifest = manifests.get(label) if isinstance(manifests, dict) and label else None
+    manifest = None
+    if isinstance(manifests, dict) and isinstance(label, str):
+        manifest = manifests.get(label)
     state = store.get("validation_state")
     state = state if isinstance(state, str) else None
     failures = _failures(store)
