@@ -85,6 +85,7 @@ class RequestObserver:
         status = 500
         size = 0
         started = False
+        trace_id = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, size, started
@@ -109,6 +110,7 @@ class RequestObserver:
             }
             with tracing.server_span(method, route, headers) as span:
                 span.set("receiver.request_id", rid)
+                trace_id = tracing.current_trace_id()
                 try:
                     await self.app(scope, receive, send_with_id)
                 except asyncio.CancelledError:
@@ -141,6 +143,7 @@ class RequestObserver:
                         "http_status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                         "bytes": size,
+                        "trace_id": trace_id,
                     },
                 )
             REQUEST_ID.reset(token)

@@ -184,19 +184,13 @@ def span(
     attributes: Attributes | None = None,
     *,
     parent: str | None = None,
-    link: str | None = None,
     kind: str = "internal",
 ) -> Iterator[Span]:
-    """A span as a child of ``parent`` (a stored traceparent) or else of the current span,
-    optionally linked to another trace context. Exceptions mark it failed by their type."""
+    """A span as a child of ``parent`` (a stored traceparent) or else of the current span.
+    Exceptions mark it failed by their type."""
     if _tracer is None:
         yield _NOOP
         return
-    current_link = None
-    if link is not None:
-        linked = _context(link)
-        if linked is not None:
-            current_link = Link(otel_trace.get_current_span(linked).get_span_context())
     if parent is not None:
         # The current span (e.g. the HTTP request) is linked, the task's trace is the parent.
         ctx = _context(parent)
@@ -204,8 +198,6 @@ def span(
         links = [Link(here)] if ctx is not None and here.is_valid else []
     else:
         links, ctx = [], None
-    if current_link is not None:
-        links.append(current_link)
     span_kind = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT}.get(kind, SpanKind.INTERNAL)
     with _tracer.start_as_current_span(
         name,

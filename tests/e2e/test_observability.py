@@ -251,6 +251,10 @@ def test_no_token_reaches_a_log_line_a_span_or_a_metric_label(
     assert 'route="/v1/hooks/{provider}/{token}"' in metrics_text
     assert 'route="unmatched"' in metrics_text
     assert len(lines.text) > 100
+    # With tracing on, every line of a request names its trace, the access line too.
+    access = [ln for ln in lines.lines if ln["logger"] == "receiver.access"]
+    assert access and all(len(ln["trace_id"]) == 32 for ln in access)
+    assert all(ln.get("trace_id") for ln in lines.lines if ln["logger"] == "receiver.intake")
     for token in sent:
         assert not [t for t in lines.text if token in t], "a log line holds a token"
         assert not [t for t in span_text if token in t], "a span holds a token"
