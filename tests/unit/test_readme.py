@@ -88,3 +88,25 @@ def test_provider_table_lists_every_adapter() -> None:
 
     rows = set(re.findall(r"^\| `([a-z]+)` \| ", README.split("## Providers", 1)[1], re.M))
     assert set(REGISTRY) <= rows
+
+
+def test_module_map_lists_every_module_of_the_package() -> None:
+    """The README's map of the modules matches the package: each top-level module and each
+    subpackage is named once, and nothing that is not there."""
+    table = section("Map of the modules")
+    named: list[str] = []
+    for row in re.findall(r"^\| (`[^|]+) \|", table, re.M):
+        named += re.findall(r"`([a-z_]+(?:\.py|/))`", row)
+    package = Path(__file__).parents[2] / "receiver"
+    present = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    present |= {p.name + "/" for p in package.iterdir() if (p / "__init__.py").exists()}
+    assert sorted(named) == sorted(present)
+
+
+def test_the_testing_kit_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's receiver.testing example, run as written: one task archived in memory."""
+    match = re.search(r"```python\n(import asyncio\n\nfrom receiver\.testing .*?)```", README, re.S)
+    assert match, "README lost its receiver.testing example"
+    exec(compile(match.group(1), "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert out.startswith("archived ") and ".png.json" in out
