@@ -13,7 +13,9 @@ from .models import Outcome, Task
 
 SCHEMA = "receiver.sidecar/1"
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
-_EDIT_KEYS = ("input_image", "image_urls", "inputs", "image_path", "image")
+# Parameters that carry source images (an edit, not a pure generation). Matched exactly, except
+# BFL's numbered input_image_N: a prefix match would also take fal's image_size.
+_EDIT_KEYS = ("image_urls", "image_url", "inputs", "image_path", "image", "image_file")
 
 
 def image_key(task: Task, index: int, ext: str) -> str:
@@ -50,7 +52,10 @@ def build(
     default_model: str | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    edited = any(key.startswith(_EDIT_KEYS) and task.params.get(key) for key in task.params)
+    edited = any(
+        (key in _EDIT_KEYS or key.startswith("input_image")) and task.params.get(key)
+        for key in task.params
+    )
     source_type = "compositeWithTrainedAlgorithmicMedia" if edited else "trainedAlgorithmicMedia"
     return {
         "schema": SCHEMA,

@@ -65,6 +65,14 @@ PARAMS = (
     "output_format",
     "acceleration",
 )
+# Image inputs of the edit endpoints: Kontext takes one ``image_url`` (``fal-ai/flux-pro/
+# kontext``), multi-image Kontext and FLUX.2 edit take ``image_urls`` (``.../kontext/multi``,
+# ``fal-ai/flux-2/edit``), image-to-image takes ``image_url`` and ``strength``; Kontext sizes
+# by ``aspect_ratio`` (its enum below). Names from fal's endpoint schemas as fal's own clients
+# send them; the list limit is our guess (none is published for every endpoint).
+IMAGE_PARAMS = ("image_url", "image_urls", "aspect_ratio", "strength")
+MAX_IMAGE_URLS = 10
+ASPECT_RATIOS = ("21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)+$")
 _PENDING = {"IN_QUEUE", "IN_PROGRESS"}
 _FAILED = {"FAILED", "ERROR", "CANCELED", "CANCELLED"}
@@ -100,8 +108,9 @@ class FalProvider(Provider):
             raise ValidationFailed("prompt", f"must be at most {MAX_PROMPT} characters")
         if "prompt" in params:
             raise ValidationFailed("params.prompt", "give the prompt once, at the top level")
-        self.reject_unknown(params, PARAMS)
+        self.reject_unknown(params, (*PARAMS, *IMAGE_PARAMS))
         _image_size(params.get("image_size"))
+        _image_inputs(params)
         _integer(params, "num_images", 1, 4)
         _integer(params, "seed", 0, 2**63 - 1)
         _integer(params, "num_inference_steps", 1, 50)
@@ -357,6 +366,35 @@ def _choice(params: Mapping[str, Any], key: str, choices: Sequence[str]) -> None
     value = params.get(key)
     if value is not None and value not in choices:
         raise ValidationFailed(f"params.{key}", f"must be one of {', '.join(choices)}")
+
+
+def _image_ref(field: str, value: Any) -> None:
+    """An image fal can read: an http(s) URL or a ``data:image/...`` URI."""
+    if not isinstance(value, str) or not (
+        value.startswith(("https://", "http://")) or value.startswith("data:image/")
+    ):
+        raise ValidationFailed(field, "must be an http(s) URL or a data:image URI")
+
+
+def _image_inputs(params: Mapping[str, Any]) -> None:
+    if params.get("image_url") is not None and params.get("image_urls") is not None:
+        raise ValidationFailed("params.image_urls", "give image_url or image_urls, not both")
+    if params.get("image_url") is not None:
+        _image_ref("params.image_url", params["image_url"])
+    urls = params.get("image_urls")
+    if urls is not None:
+        if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_IMAGE_URLS:
+            raise ValidationFailed(
+                "params.image_urls", f"must be a list of 1 to {MAX_IMAGE_URLS} images"
+            )
+        for i, url in enumerate(urls):
+            _image_ref(f"params.image_urls[{i}]", url)
+    _choice(params, "aspect_ratio", ASPECT_RATIOS)
+    strength = params.get("strength")
+    if strength is not None and (
+        isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1
+    ):
+        raise ValidationFailed("params.strength", "must be a number above 0, at most 1")
 
 
 def _image_size(value: Any) -> None:

@@ -658,3 +658,88 @@ class TestFalContract(ProviderContract):
             return httpx.Response(200, json=load("result.json"))
 
         return handler
+
+
+# --- image inputs of the edit endpoints (Kontext, FLUX.2 edit, image-to-image) -------------
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        (
+            "fal-ai/flux-pro/kontext",
+            {"image_url": "https://img.test/a.png", "aspect_ratio": "16:9"},
+        ),
+        ("fal-ai/flux-pro/kontext/max/multi", {"image_urls": ["https://img.test/a.png"] * 2}),
+        ("fal-ai/flux-2/edit", {"image_urls": ["data:image/png;base64,iVBORw0KGgo="]}),
+        (
+            "fal-ai/flux/dev/image-to-image",
+            {"image_url": "https://img.test/a.png", "strength": 0.8},
+        ),
+    ],
+)
+def test_edit_endpoints_take_their_image_inputs(model: str, params: dict[str, Any]) -> None:
+    provider().validate(model, "make it dusk", params)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"image_url": "file:///etc/passwd"}, "params.image_url"),
+        ({"image_url": 7}, "params.image_url"),
+        ({"image_urls": []}, "params.image_urls"),
+        ({"image_urls": ["https://img.test/a.png"] * 11}, "params.image_urls"),
+        ({"image_urls": ["https://img.test/a.png", "ftp://x"]}, "params.image_urls[1]"),
+        (
+            {"image_url": "https://img.test/a.png", "image_urls": ["https://img.test/b.png"]},
+            "params.image_urls",
+        ),
+        ({"aspect_ratio": "5:1"}, "params.aspect_ratio"),
+        ({"strength": 0}, "params.strength"),
+        ({"strength": 1.5}, "params.strength"),
+    ],
+)
+def test_bad_image_inputs_name_the_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        provider().validate("fal-ai/flux-pro/kontext", "p", params)
+    assert caught.value.field == field
+
+
+@pytest.mark.anyio
+async def test_submit_sends_the_image_inputs_in_the_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=load("submit_response.json"))
+
+    params = {"image_urls": ["https://img.test/a.png", "https://img.test/b.png"]}
+    edit = task(model="fal-ai/flux-2/edit", params=params)
+    await provider(handler).submit(edit, CallbackTarget("https://r.test/h", "unused"))
+    assert seen[0].url.path == "/fal-ai/flux-2/edit"
+    assert json.loads(seen[0].content)["image_urls"] == params["image_urls"]
+
+
+def test_sidecar_marks_edits_but_not_a_named_size() -> None:
+    from receiver.models import Outcome
+    from receiver.sidecar import build
+
+    def source_type(params: dict[str, Any]) -> str:
+        doc = build(
+            task(params=params),
+            Outcome(OutcomeStatus.SUCCEEDED),
+            index=0,
+            content_type="image/png",
+            size=1,
+            sha256="0" * 64,
+            width=None,
+            height=None,
+            source_url=None,
+            archived_at=time.time(),
+        )
+        return str(doc["digital_source_type"])
+
+    assert source_type({"image_size": "square"}) == "trainedAlgorithmicMedia"
+    assert source_type({"image_url": "https://img.test/a.png"}) == (
+        "compositeWithTrainedAlgorithmicMedia"
+    )
