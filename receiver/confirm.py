@@ -16,7 +16,7 @@ from .models import Outcome, Status
 from .providers import Provider
 from .runtime import Runtime
 
-log = logging.getLogger("receiver.confirm")
+log = logging.getLogger(__name__)
 
 # When the read fails or still shows the task unfinished, the reconciler reads it this soon.
 RETRY_SECONDS = 2.0

@@ -403,10 +403,13 @@ class MemoryRuntime(Runtime):
         assert result.task is not None
         return result.task
 
-    def callback(self, task: Task, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    def callback(
+        self, task: Task, body: dict[str, Any] | bytes
+    ) -> tuple[str, dict[str, str], bytes]:
         """(path, headers, body) of a ``simulated`` callback for ``task``, signed as the
-        simulator signs it (Standard Webhooks with the task's secret)."""
-        raw = json.dumps(body).encode()
+        simulator signs it (Standard Webhooks with the task's secret); ``body`` is sent as
+        JSON, or as it is when already bytes."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         secret = task_secrets(self.settings.secret_keys, task.id, "whsec")[0]
         msg_id = f"msg_{task.id}_{len(raw)}"
         ts = int(time.time())  # checked against the wall clock by the signature tolerance
