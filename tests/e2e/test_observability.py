@@ -307,13 +307,16 @@ class Collector:
             return [s for s in self.spans if s["name"] == name]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_one_trace_from_submit_to_notify_when_another_process_takes_the_callback(
-    tmp_path: Path, spans: InMemorySpanExporter
+    tmp_path: Path, spans: InMemorySpanExporter, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """This process (A, in-memory exporter) takes ``POST /v1/tasks``, archives and notifies;
-    a ``receiver serve --no-worker`` subprocess (B) on the same SQLite ledger takes the
-    provider's callback and exports its spans over OTLP/HTTP, configured only by ``OTEL_*``
-    variables, to a collector in this test. One trace id throughout: the application's."""
+    a ``receiver serve --no-worker`` subprocess (B) on the same ledger (a SQLite file, or
+    PostgreSQL as replicas share it) takes the provider's callback and exports its spans over
+    OTLP/HTTP, configured only by ``OTEL_*`` variables, to a collector in this test. One trace
+    id throughout: the application's."""
+    shared = {"ledger_url": request.getfixturevalue("pg_dsn")} if backend == "postgres" else {}
     thread = ServerThread()
     sink = Sink()
     proc: Proc | None = None
@@ -325,6 +328,7 @@ def test_one_trace_from_submit_to_notify_when_another_process_takes_the_callback
             tmp_path,
             public_url=f"http://127.0.0.1:{port_b}",  # providers call back process B
             notify={"secret": NOTIFY_SECRET},
+            **shared,
         )
         conf["providers"] = {"simulated": {"base_url": sim_url, "api_key": "sim-key"}}
         sim_app, sim = build_simulator(sim_url, Faults(delay=0.3), ["simulated"])
