@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 
-from .. import backoff
+from .. import backoff, tracing
 from ..config import ProviderSettings
 from ..errors import BadRequest, NotFound, ProviderError, ValidationFailed
 from ..fetch import Fetcher
@@ -187,7 +188,10 @@ class Provider(ABC):
         while True:
             attempt += 1
             try:
-                response = await self.http.request(method, url, **kwargs)
+                attrs = self._span_attrs(method, url, attempt)
+                with tracing.span(f"provider {method}", attrs, kind="client") as sp:
+                    response = await self.http.request(method, url, **kwargs)
+                    sp.set("http.response.status_code", response.status_code)
             except httpx.ConnectError as exc:
                 if attempt <= retry_429:
                     await backoff.sleep(backoff.delay(attempt, 0.5, 5.0))
@@ -212,6 +216,17 @@ class Provider(ABC):
                     f"{self.name}: HTTP {response.status_code}: {response.text[:300]}"
                 )
             return response
+
+    def _span_attrs(self, method: str, url: str, attempt: int) -> dict[str, Any] | None:
+        """What a provider call's span may say: the host, never the path or query."""
+        if not tracing.enabled():
+            return None
+        return {
+            "receiver.provider": self.name,
+            "http.request.method": method,
+            "server.address": urlsplit(url).hostname or "",
+            "receiver.attempt": attempt,
+        }
 
 
 def _retry_after(value: str | None) -> float:

@@ -370,7 +370,7 @@ def test_one_trace_from_submit_to_notify_when_another_process_takes_the_callback
 
     local = spans.get_finished_spans()
     names_a = {s.name for s in local}
-    assert {"POST /v1/tasks", "provider submit", "receiver.archive", "fetch"} <= names_a
+    assert {"POST /v1/tasks", "provider submit", "provider POST", "receiver.archive"} <= names_a
     assert {"store image", "store sidecar", "receiver.notify", "ledger create_task"} <= names_a
     assert "receiver.callback" not in names_a, "process A handled the callback itself"
     # Everything process A recorded is this task's, in the application's trace: the idle
