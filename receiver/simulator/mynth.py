@@ -13,6 +13,10 @@ Account-level webhooks (registered in Mynth's dashboard) are signed. A test regi
 ``POST /_sim/mynth/account-webhooks`` ``{"url","secret","scheme":"standard"|"legacy"}``; every
 task is then also delivered there, signed with Standard Webhooks or ``X-Mynth-Signature``.
 
+The request checks follow seed 000 and Mynth's SDK (``output.format`` png|jpg|webp,
+``quality`` 1-100, ``rating`` true or an object, ``webhook.dashboard`` false mutes the account
+webhooks for that task, destination slugs of lowercase letters, digits and dashes).
+
 Other prompt markers: ``[sim:outcome=moderated|failed]`` (via the core), ``[sim:failed_images=N]``
 (the first N images of a completed task fail), ``[sim:upload_failed=true]`` (``url`` is null
 on a task with a destination). Images carry ``mynth_url`` (served here, 7 days) and, with a
@@ -41,7 +45,9 @@ from .core import SimTask, Simulator
 SEVEN_DAYS = 7 * 24 * 3600.0
 AUTO_MODEL = "black-forest-labs/flux.2-dev"
 DESTINATIONS = ("bunny-prod", "sim-s3")  # storage destinations this "account" configured
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Destination slugs: lowercase letters, digits and dashes (Mynth's destination reference).
+_SLUG = re.compile(r"^[a-z0-9-]{1,64}$")
+_FORMATS = ("png", "jpg", "webp")  # the SDK's ImageGenerationRequestOutputFormat
 _PRICE = 0.004
 
 
@@ -73,8 +79,28 @@ def _check(body: Any) -> str | None:
     if destination is not None and (
         not isinstance(destination, str) or not _SLUG.match(destination)
     ):
-        return "destination: string of 1 to 64 characters"
+        return "destination: slug of 1 to 64 lowercase letters, digits and dashes"
+    output = body.get("output")
+    if output is not None:
+        if not isinstance(output, dict) or output.get("format", "webp") not in _FORMATS:
+            return "output.format: png, jpg or webp"
+        quality = output.get("quality", 80)
+        if isinstance(quality, bool) or not isinstance(quality, int | float):
+            return "output.quality: 1 to 100"
+        if not 1 <= quality <= 100:
+            return "output.quality: 1 to 100"
+    rating = body.get("rating")
+    if rating is not None and rating is not True:
+        if not isinstance(rating, dict) or rating.get("mode", "nsfw_sfw") not in (
+            "nsfw_sfw",
+            "custom",
+        ):
+            return "rating: true, {mode: nsfw_sfw} or {mode: custom, levels}"
+        if rating.get("mode") == "custom" and not rating.get("levels"):
+            return "rating.levels: required for mode custom"
     webhook = body.get("webhook") or {}
+    if isinstance(webhook, dict) and webhook.get("dashboard", False) is not False:
+        return "webhook.dashboard: only false"
     custom = webhook.get("custom", []) if isinstance(webhook, dict) else None
     if not isinstance(custom, list) or len(custom) > 5:
         return "webhook.custom: at most 5"
@@ -118,6 +144,11 @@ class _Mynth:
                     "format": "png",
                     "seed": task.seed + i,
                     "cost": f"{_PRICE:.4f}",
+                    **(
+                        {"rating": {"level": "sfw"}}
+                        if task.params.get("rating") is not None
+                        else {}
+                    ),
                 }
             )
         return found
@@ -205,7 +236,8 @@ class _Mynth:
 
         for url in task.extra["hooks"]:
             await self.sim.deliver(task, url, body, unsigned)
-        for hook in self.account_hooks:
+        muted = (task.extra.get("webhook") or {}).get("dashboard") is False
+        for hook in [] if muted else self.account_hooks:
             await self.sim.deliver(
                 task, hook["url"], body, self._signer(task, hook, body, event_id)
             )
@@ -288,6 +320,7 @@ def routes(sim: Simulator) -> list[Route]:
             shape=shape,
             model=AUTO_MODEL if model == "auto" else model,
             pat=f"pat_{os.urandom(16).hex()}",
+            webhook=body.get("webhook") or {},
         )
         if hooks or mynth.account_hooks:
             task.webhook_url = hooks[0] if hooks else "account"

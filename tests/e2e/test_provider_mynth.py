@@ -269,3 +269,32 @@ def test_account_webhook_signed_with_another_secret_is_refused(mynth_stack: Any)
     )
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "bad_signature"
     assert API_KEY
+
+
+def test_sdk_request_forms_and_a_muted_dashboard(mynth_stack: Any) -> None:
+    """``webhook.dashboard: false`` keeps the account's webhooks quiet for the task; ``rating:
+    true`` and ``output.format: jpg`` (the SDK's forms) pass the simulator's checks; the custom
+    URL's unsigned callback is confirmed by a read and the task archived."""
+    stack: Stack = mynth_stack(webhook_secret=ACCOUNT_SECRET)
+    hook = {"url": f"{stack.base}/v1/hooks/mynth", "secret": ACCOUNT_SECRET, "scheme": "standard"}
+    assert httpx.post(f"{stack.sim_url}/_sim/mynth/account-webhooks", json=hook).is_success
+    params = {
+        "webhook": {"dashboard": False},
+        "rating": True,
+        "output": {"format": "jpg", "quality": 90},
+        "destination": "bunny-prod",
+    }
+    r = submit(stack.base, {"provider": "mynth", "prompt": "quiet please", "params": params})
+    assert r.status_code == 202, r.text
+    [task] = wait_tasks(stack.base, [r.json()["id"]], timeout=30)
+    assert task["status"] == "archived", task
+    sim_task = stack.sim.tasks[task["provider_task_id"]]
+    assert sim_task.extra["webhook"] == {
+        "dashboard": False,
+        "custom": [{"url": sim_task.extra["hooks"][0]}],
+    }
+    assert stack.sim.callbacks_sent == 1  # the custom URL only; the account hook stayed quiet
+    bad = submit(
+        stack.base, {"provider": "mynth", "prompt": "x", "params": {"destination": "Bunny"}}
+    )
+    assert bad.status_code == 422 and "params.destination" in bad.json()["error"]["message"]
