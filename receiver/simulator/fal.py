@@ -69,6 +69,18 @@ def _size(params: dict[str, Any]) -> tuple[int, int]:
     return NAMED_SIZES.get(str(value), (1024, 768))
 
 
+def _missing_image(path: str, params: dict[str, Any]) -> str | None:
+    """Edit endpoints need their source images: Kontext (``.../kontext``, ``.../kontext/max``)
+    and image-to-image take ``image_url``; multi-image Kontext and FLUX.2 edit take
+    ``image_urls`` (a non-empty list)."""
+    if path.endswith(("/multi", "/edit")):
+        urls = params.get("image_urls")
+        return None if isinstance(urls, list) and urls else "image_urls"
+    if ("/kontext" in path and "text-to-image" not in path) or path.endswith("image-to-image"):
+        return None if isinstance(params.get("image_url"), str) else "image_url"
+    return None
+
+
 def routes(sim: Simulator) -> list[Route]:
     signing_key = Ed25519PrivateKey.generate()
     # A second, unused key: the receiver must accept a signature by any key of the set.
@@ -174,6 +186,13 @@ def routes(sim: Simulator) -> list[Route]:
             sim.rejected += 1
             return JSONResponse(
                 {"detail": [{"loc": ["body", "num_images"], "msg": "must be 1 to 4"}]},
+                status_code=422,
+            )
+        missing = _missing_image(request.url.path, params)
+        if missing is not None:
+            sim.rejected += 1
+            return JSONResponse(
+                {"detail": [{"loc": ["body", missing], "msg": "field required"}]},
                 status_code=422,
             )
         width, height = _size(params)

@@ -197,3 +197,26 @@ def test_out_of_range_params_are_422_before_any_call(make_stack: Any) -> None:
         assert response.status_code == 422, response.text
         assert response.json()["error"]["message"].startswith(f"{field}:"), field
     assert stack.sim_state()["submissions"] == 0
+
+
+def test_kontext_edit_sends_its_source_image_and_is_archived_as_an_edit(make_stack: Any) -> None:
+    stack = _fal_stack(make_stack)
+    body = {
+        "provider": "fal",
+        "model": "fal-ai/flux-pro/kontext",
+        "prompt": "make it dusk",
+        "params": {"image_url": "https://images.example/in.png", "aspect_ratio": "16:9"},
+    }
+    response = submit(stack.base, body)
+    assert response.status_code == 202, response.text
+    [task] = wait_tasks(stack.base, [response.json()["id"]], timeout=30)
+    assert task["status"] == "archived", task
+    served = stack.sim_state()["tasks"][task["provider_task_id"]]
+    assert served["params"]["image_url"] == "https://images.example/in.png"
+    side = json.loads(Path(task["objects"][0]["sidecar_uri"]).read_text())
+    assert side["digital_source_type"] == "compositeWithTrainedAlgorithmicMedia"
+    # The simulator, like fal, refuses the edit endpoint without its source image.
+    no_image = submit(stack.base, {"provider": "fal", "model": "fal-ai/flux-2/edit", "prompt": "p"})
+    assert no_image.status_code == 202
+    [failed] = wait_tasks(stack.base, [no_image.json()["id"]], timeout=30)
+    assert failed["status"] == "failed" and "image_urls" in failed["failure"]["message"]
