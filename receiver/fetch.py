@@ -6,17 +6,27 @@ other non-global ranges refused unless ``fetch.allowed_networks`` admits them); 
 goes to the checked address, so DNS cannot change its answer in between; each redirect is
 checked the same way. The body is streamed to a spooled temporary file with its sha256 and
 size computed on the way and a hard cap, and must start like an image.
+
+Each request, once its address is checked, runs in a thread with a synchronous client: the
+body is read, hashed and spooled there, off the event loop, so a download costs a handful of
+large reads rather than an event-loop round trip per socket read (half the CPU per image).
+A body with a declared length is kept in memory while a process-wide budget allows, so it is
+neither written to nor read back from a temporary file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import io
 import ipaddress
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import httpx
@@ -27,6 +37,10 @@ from .errors import FetchError, FetchExpired, FetchRefused
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SPOOL_BYTES = 512 * 1024  # per download in memory; larger bodies go to a temporary file
+# Bodies of a declared length are held in memory whole while all of them together stay under
+# this; the rest spool as above. Bounds memory whatever the concurrency.
+MEMORY_BUDGET_BYTES = 32 * 1024 * 1024
+DOWNLOAD_THREADS = 64
 SNIFF_BYTES = 32
 EXPIRED_STATUSES = {403, 404, 410}
 TRANSIENT_STATUSES = {408, 425, 429}
@@ -63,6 +77,26 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+class MemoryBudget:
+    """Bytes of downloads held in memory at once, shared by every download of the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
 @dataclass
 class Fetched:
     """A downloaded image, positioned at 0, with what was learned while streaming it."""
@@ -75,9 +109,20 @@ class Fetched:
     width: int | None
     height: int | None
     source_url: str
+    _release: Callable[[], None] | None = field(default=None, repr=False)
+
+    def body(self) -> IO[bytes] | bytes:
+        """The bytes themselves when held in memory (one write to a socket, no file reads),
+        else the file."""
+        if isinstance(self.file, io.BytesIO):
+            return self.file.getvalue()
+        return self.file
 
     def close(self) -> None:
         self.file.close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def _dimensions(file: IO[bytes]) -> tuple[int | None, int | None]:
@@ -93,18 +138,30 @@ def _dimensions(file: IO[bytes]) -> tuple[int | None, int | None]:
         file.seek(0)
 
 
+class _Hop:
+    """What one request in a thread gives back: a redirect to follow, or the image."""
+
+    def __init__(self, location: str | None = None, fetched: Fetched | None = None) -> None:
+        self.location = location
+        self.fetched = fetched
+
+
 class Fetcher:
     def __init__(
         self,
         settings: FetchSettings,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.BaseTransport | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks]
         self.resolver = resolver or system_resolver
-        self.client = httpx.AsyncClient(
+        self.budget = MemoryBudget(MEMORY_BUDGET_BYTES)
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            DOWNLOAD_THREADS, thread_name_prefix="fetch"
+        )
+        self.client = httpx.Client(
             transport=transport,
             follow_redirects=False,
             timeout=httpx.Timeout(
@@ -113,11 +170,13 @@ class Fetcher:
                 write=settings.read_timeout,
                 pool=settings.connect_timeout,
             ),
+            limits=httpx.Limits(max_connections=DOWNLOAD_THREADS),
             headers={"user-agent": "receiver", "accept": "image/*"},
         )
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
     def _blocked(self, ip: IPAddress) -> bool:
         if any(ip in net for net in self.allowed):
@@ -150,15 +209,19 @@ class Fetcher:
 
     async def fetch(self, url: str) -> Fetched:
         """Download ``url``; FetchExpired, FetchRefused (permanent) or FetchError (retry)."""
+        deadline = time.monotonic() + self.settings.total_timeout
         try:
             async with asyncio.timeout(self.settings.total_timeout):
-                return await self._fetch(url)
+                return await self._fetch(url, deadline)
         except TimeoutError:
-            raise FetchError(
-                f"{redact_url(url)}: not finished within {self.settings.total_timeout:g}s"
-            ) from None
+            raise self._too_slow(url) from None
 
-    async def _fetch(self, url: str) -> Fetched:
+    def _too_slow(self, url: str) -> FetchError:
+        return FetchError(
+            f"{redact_url(url)}: not finished within {self.settings.total_timeout:g}s"
+        )
+
+    async def _fetch(self, url: str, deadline: float) -> Fetched:
         current = url
         for _ in range(self.settings.max_redirects + 1):
             try:
@@ -176,21 +239,43 @@ class Fetcher:
             request = self.client.build_request(
                 "GET", direct, headers=headers, extensions=extensions
             )
-            try:
-                response = await self.client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise FetchError(f"{redact_url(current)}: {type(exc).__name__}: {exc}") from exc
-            try:
-                if response.is_redirect and "location" in response.headers:
-                    current = str(target.join(response.headers["location"]))
-                    continue
-                self._check_status(response, current)
-                return await self._read(response, current)
-            except httpx.TransportError as exc:
-                raise FetchError(f"{redact_url(current)}: {type(exc).__name__}: {exc}") from exc
-            finally:
-                await response.aclose()
+            hop = await self._off_loop(request, current, deadline)
+            if hop.fetched is not None:
+                return hop.fetched
+            assert hop.location is not None
+            current = str(target.join(hop.location))
         raise FetchRefused(f"{redact_url(url)}: more than {self.settings.max_redirects} redirects")
+
+    async def _off_loop(self, request: httpx.Request, url: str, deadline: float) -> _Hop:
+        """One request in a download thread. If the caller is cancelled (total timeout,
+        shutdown) the thread stops at its next read and whatever it made is closed."""
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, self._get, request, url, deadline, stop)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            future.add_done_callback(_discard)
+            raise
+
+    def _get(
+        self, request: httpx.Request, url: str, deadline: float, stop: threading.Event
+    ) -> _Hop:
+        """In a thread: send, then follow no redirect but report it, or read the image."""
+        try:
+            response = self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+        try:
+            if response.is_redirect and "location" in response.headers:
+                return _Hop(location=response.headers["location"])
+            self._check_status(response, url)
+            return _Hop(fetched=self._read(response, url, deadline, stop))
+        except httpx.TransportError as exc:
+            raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.close()
 
     def _check_status(self, response: httpx.Response, url: str) -> None:
         status = response.status_code
@@ -203,19 +288,32 @@ class Fetcher:
             raise FetchError(f"{shown}: HTTP {status}")
         raise FetchRefused(f"{shown}: HTTP {status}")
 
-    async def _read(self, response: httpx.Response, url: str) -> Fetched:
+    def _spool(self, declared: int | None) -> tuple[IO[bytes], Callable[[], None] | None]:
+        """Memory for a body of known length while the budget lasts, else a spooled file."""
+        if declared is not None and self.budget.take(declared):
+            return io.BytesIO(), lambda: self.budget.give(declared)
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES), None
+
+    def _read(
+        self, response: httpx.Response, url: str, deadline: float, stop: threading.Event
+    ) -> Fetched:
         cap = self.settings.max_bytes
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cap:
+        declared_text = response.headers.get("content-length")
+        declared = int(declared_text) if declared_text and declared_text.isdigit() else None
+        if declared is not None and declared > cap:
             raise FetchRefused(
                 f"{redact_url(url)}: {declared} bytes is over the fetch.max_bytes cap of {cap}"
             )
-        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        spool, release = self._spool(declared)
         try:
             digest = hashlib.sha256()
             size = 0
             head = b""
-            async for chunk in response.aiter_bytes():
+            for chunk in response.iter_bytes():
+                if stop.is_set():
+                    raise FetchError(f"{redact_url(url)}: download abandoned")
+                if time.monotonic() > deadline:
+                    raise self._too_slow(url)
                 size += len(chunk)
                 if size > cap:
                     raise FetchRefused(
@@ -225,11 +323,14 @@ class Fetcher:
                     head += chunk[: SNIFF_BYTES - len(head)]
                     if len(head) >= SNIFF_BYTES and sniff_image(head) is None:
                         raise self._not_image(url, response)
+                # Both release the GIL for large buffers: other downloads and the loop run on.
                 digest.update(chunk)
                 spool.write(chunk)
-            return self._finish(spool, head, size, digest.hexdigest(), url, response)
+            return self._finish(spool, head, size, digest.hexdigest(), url, response, release)
         except BaseException:
             spool.close()
+            if release is not None:
+                release()
             raise
 
     def _not_image(self, url: str, response: httpx.Response | None) -> FetchRefused:
@@ -247,6 +348,7 @@ class Fetcher:
         sha256: str,
         url: str,
         response: httpx.Response | None,
+        release: Callable[[], None] | None = None,
     ) -> Fetched:
         kind = sniff_image(head)
         if kind is None:
@@ -262,6 +364,7 @@ class Fetcher:
             width=width,
             height=height,
             source_url=redact_url(url),
+            _release=release,
         )
 
     async def fetch_bytes(self, data: bytes, source: str) -> Fetched:
@@ -280,3 +383,12 @@ class Fetcher:
         except BaseException:
             spool.close()
             raise
+
+
+def _discard(future: asyncio.Future[_Hop]) -> None:
+    """Close what a download thread made for a caller that has gone."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    fetched = future.result().fetched
+    if fetched is not None:
+        fetched.close()

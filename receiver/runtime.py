@@ -70,7 +70,7 @@ class Runtime:
         ledger: Ledger | None = None,
         destinations: dict[str, Destination] | None = None,
         provider_transport: httpx.AsyncBaseTransport | None = None,
-        fetch_transport: httpx.AsyncBaseTransport | None = None,
+        fetch_transport: httpx.BaseTransport | None = None,
         resolver: Resolver | None = None,
         notify_transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,

@@ -4,6 +4,7 @@ address check is exercised without the network."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -156,7 +157,7 @@ async def test_size_cap_on_declared_and_streamed_bodies() -> None:
     with pytest.raises(FetchRefused, match="1000"):
         await fetcher.fetch("http://cdn.example/a.png")
 
-    async def stream() -> object:
+    def stream() -> Iterator[bytes]:  # the download runs in a thread with a sync client
         yield PNG
         for _ in range(10):
             yield b"\0" * 500
@@ -200,3 +201,49 @@ async def test_inline_bytes_get_the_same_checks() -> None:
     got.close()
     with pytest.raises(FetchRefused, match="not an image"):
         await fetcher.fetch_bytes(b"{}", "inline:eigenai")
+
+
+async def test_bodies_of_known_length_stay_in_memory_within_the_budget() -> None:
+    fetcher, _ = make(lambda r: httpx.Response(200, content=PNG))
+    held = await fetcher.fetch("https://cdn.example/a.png")
+    assert fetcher.budget.used == len(PNG) and held.body() == PNG
+    fetcher.budget.limit = len(PNG) + 1  # room for no second body in memory
+    spooled = await fetcher.fetch("https://cdn.example/b.png")
+    assert fetcher.budget.used == len(PNG)
+    assert not isinstance(spooled.body(), bytes) and spooled.file.read() == PNG
+    assert spooled.sha256 == held.sha256 == hashlib.sha256(PNG).hexdigest()
+    held.close()
+    spooled.close()
+    assert fetcher.budget.used == 0
+    await fetcher.aclose()
+
+
+async def test_a_refused_body_gives_its_memory_back() -> None:
+    fetcher, _ = make(lambda r: httpx.Response(200, content=b"<html>" + bytes(100)))
+    with pytest.raises(FetchRefused):
+        await fetcher.fetch("https://cdn.example/a.png")
+    assert fetcher.budget.used == 0
+    await fetcher.aclose()
+
+
+async def test_total_timeout_stops_the_download_thread() -> None:
+    import asyncio
+    import threading
+
+    released = threading.Event()
+
+    def trickle() -> Iterator[bytes]:
+        yield PNG
+        while not released.wait(0.01):  # never ends on its own
+            yield b"\0"
+
+    fetcher, _ = make(lambda r: httpx.Response(200, content=trickle()), total_timeout=0.2)
+    try:
+        with pytest.raises(FetchError, match="not finished within"):
+            await fetcher.fetch("https://cdn.example/slow.png")
+        # The download thread noticed and quit: its pool drains although the body never ends.
+        await asyncio.wait_for(asyncio.to_thread(fetcher._threads.shutdown, True), 10)
+        assert fetcher.budget.used == 0
+    finally:
+        released.set()
+        await fetcher.aclose()
