@@ -152,6 +152,9 @@ class S3Settings(_Section):
     secret_access_key: str | None = None
     # "auto": boto3's defaults on AWS, "when_required" on any other endpoint (see storage.md).
     checksum: Literal["auto", "when_supported", "when_required"] = "auto"
+    # Send the SHA-256 the fetcher computed as x-amz-checksum-sha256 (the store verifies it,
+    # the client does not hash the body again); off for a store that rejects the header.
+    sha256_checksum: bool = True
     # Create-only writes with If-None-Match; "off" falls back to head-then-put.
     conditional_writes: bool = True
     multipart_threshold: int = Field(default=16 * MiB, ge=5 * MiB)

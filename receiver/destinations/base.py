@@ -34,10 +34,12 @@ class Destination(ABC):
         size: int,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         """Store ``body`` (a seekable file at position 0, or bytes) under ``key`` (relative to
         the destination's prefix), only if absent. Return its URI. Raise AlreadyExists when
-        the key is present, StoreError otherwise."""
+        the key is present, StoreError otherwise. ``sha256`` (hex), when the caller already
+        has it, lets a store that checks integrity skip hashing the body again."""
 
     @abstractmethod
     async def exists(self, key: str) -> bool: ...

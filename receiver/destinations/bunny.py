@@ -76,11 +76,12 @@ class BunnyStore(Destination):
         size: int,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         if await self.exists(key):
             raise AlreadyExists(f"{self.uri(key)} already exists")
         data = body if isinstance(body, bytes) else body.read()
-        checksum = hashlib.sha256(data).hexdigest().upper()
+        checksum = (sha256 or hashlib.sha256(data).hexdigest()).upper()
         response = await self._send(
             "PUT",
             key,

@@ -44,6 +44,7 @@ class FilesystemStore(Destination):
         size: int,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         path = self._path(key)
 

@@ -4,10 +4,16 @@ Create-only writes use ``If-None-Match: *`` on PutObject and on CompleteMultipar
 (boto3's managed transfer cannot send it); a store that refuses conditions can be switched to
 head-then-put with ``conditional_writes = false``. On non-AWS endpoints the CRC32 checksums
 boto3 sends by default are turned off unless asked for, since many stores reject them.
+
+With ``sha256_checksum`` (the default) every body goes out with the SHA-256 the fetcher
+already computed as ``x-amz-checksum-sha256``: the store checks the bytes it received against
+it, and the client signs the (signed) header instead of hashing each body a second time for
+SigV4 (``payload_signing_enabled = false``; over plain HTTP that hash was unavoidable).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import io
@@ -38,6 +44,18 @@ PERMANENT_CODES = {
 EXISTS_CODES = {"PreconditionFailed", "412"}
 
 
+def _sha256(body: IO[bytes] | bytes) -> str:
+    """Hex SHA-256 of bytes, or of a file from its current position (which is kept)."""
+    if isinstance(body, bytes):
+        return hashlib.sha256(body).hexdigest()
+    start = body.tell()
+    digest = hashlib.sha256()
+    for chunk in iter(functools.partial(body.read, 1024 * 1024), b""):
+        digest.update(chunk)
+    body.seek(start)
+    return digest.hexdigest()
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -59,7 +77,11 @@ class S3Store(Destination):
             retries={"mode": "standard", "max_attempts": 3},
             request_checksum_calculation=checksum,
             response_checksum_validation=checksum,
-            s3={"addressing_style": settings.addressing_style},
+            s3={
+                "addressing_style": settings.addressing_style,
+                # Only when every body carries our own SHA-256 (see the module docstring).
+                "payload_signing_enabled": not settings.sha256_checksum,
+            },
             connect_timeout=10,
             read_timeout=60,
         )
@@ -104,6 +126,7 @@ class S3Store(Destination):
         size: int,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         full = self.full_key(key)
         extra: dict[str, Any] = {"ContentType": content_type, "Metadata": metadata or {}}
@@ -113,20 +136,28 @@ class S3Store(Destination):
             extra["IfNoneMatch"] = "*"
         elif await self.exists(key):
             raise AlreadyExists(f"{self.uri(key)}: already exists")
-        stream: IO[bytes] = io.BytesIO(body) if isinstance(body, bytes) else body
-        if size > self.settings.multipart_threshold:
+        multipart = size > self.settings.multipart_threshold
+        if self.settings.sha256_checksum and not multipart:
+            if sha256 is None:
+                sha256 = await anyio.to_thread.run_sync(_sha256, body, limiter=self._limiter)
+            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if multipart:
+            stream: IO[bytes] = io.BytesIO(body) if isinstance(body, bytes) else body
             await self._multipart(full, stream, extra)
         else:
             # The file itself, not its bytes: botocore streams it, so memory stays bounded by
             # the spool, not by the image size times the jobs in flight.
             await self._call(
-                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=stream, **extra),
+                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra),
                 f"put {self.uri(key)}",
             )
         return self.uri(key)
 
     async def _multipart(self, full: str, stream: IO[bytes], extra: dict[str, Any]) -> None:
         condition = extra.pop("IfNoneMatch", None)
+        checksums = self.settings.sha256_checksum
+        if checksums:
+            extra["ChecksumAlgorithm"] = "SHA256"  # each part then carries its own
         what = f"multipart put s3://{self.bucket}/{full}"
         upload = await self._call(
             lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra),
@@ -140,18 +171,22 @@ class S3Store(Destination):
                 chunk = stream.read(self.settings.part_size)
                 if not chunk:
                     break
+                part: dict[str, Any] = {"PartNumber": number}
+                if checksums:
+                    digest = await anyio.to_thread.run_sync(_sha256, chunk, limiter=self._limiter)
+                    part["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest)).decode()
                 result = await self._call(
                     functools.partial(
                         self.client.upload_part,
                         Bucket=self.bucket,
                         Key=full,
                         UploadId=upload_id,
-                        PartNumber=number,
                         Body=chunk,
+                        **part,
                     ),
                     what,
                 )
-                parts.append({"PartNumber": number, "ETag": result["ETag"]})
+                parts.append({**part, "ETag": result["ETag"]})
                 number += 1
             done: dict[str, Any] = {"MultipartUpload": {"Parts": parts}}
             if condition:
