@@ -25,6 +25,7 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
 import json
@@ -136,10 +137,14 @@ class MemoryDestination(Destination):
         size: int,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         if self.failures:
             raise self.failures.pop(0)
         data = body if isinstance(body, bytes) else body.read()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            # As a store checking x-amz-checksum-sha256 refuses it (BadDigest).
+            raise StoreError(f"{self.uri(key)}: body does not match its sha256", permanent=True)
         await asyncio.sleep(0)  # a real store yields here; racing writers interleave
         if key in self.objects:
             raise AlreadyExists(f"{self.uri(key)} already exists")

@@ -30,6 +30,7 @@ from .models import Job, Outcome, OutcomeStatus, Reason, StoredObject, Task
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+IMAGES_AT_ONCE = 4  # of one task, fetched and stored together
 
 
 class Worker:
@@ -208,86 +209,110 @@ class Worker:
         await self.rt.ledger.retry_job(job.id, self.rt.owner, message, delay)
 
     async def archive(self, task: Task, outcome: Outcome) -> list[StoredObject]:
-        """Fetch and store every result; safe to repeat (create-only writes)."""
+        """Fetch and store every result; safe to repeat (create-only writes). A task's images
+        (a Mynth task can return 20) go a few at a time; the first failure stops the rest."""
         dest = self.rt.destination(task.destination)
         provider_model = self.rt.provider(task.provider).default_model
-        objects = []
-        for index, image in enumerate(outcome.images):
-            fetched = await self._fetch(task, index, image.url)
-            try:
-                key = sidecar.image_key(task, index, fetched.ext)
-                meta = {"task-id": task.id, "sha256": fetched.sha256}
-                # AlreadyExists: an earlier attempt stored it; same task, same bytes.
-                uri = await self._put(
+        images = list(enumerate(outcome.images))
+        if len(images) == 1:
+            index, image = images[0]
+            return [await self._archive_one(dest, task, outcome, index, image.url, provider_model)]
+        limit = asyncio.Semaphore(IMAGES_AT_ONCE)
+
+        async def one(index: int, url: str | None) -> StoredObject:
+            async with limit:
+                return await self._archive_one(dest, task, outcome, index, url, provider_model)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                running = [group.create_task(one(i, image.url)) for i, image in images]
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        return [t.result() for t in running]
+
+    async def _archive_one(
+        self,
+        dest: Destination,
+        task: Task,
+        outcome: Outcome,
+        index: int,
+        url: str | None,
+        provider_model: str | None,
+    ) -> StoredObject:
+        """One image, then its sidecars: the JSON sidecar's presence marks a complete pair."""
+        fetched = await self._fetch(task, index, url)
+        try:
+            key = sidecar.image_key(task, index, fetched.ext)
+            meta = {"task-id": task.id, "sha256": fetched.sha256}
+            # AlreadyExists: an earlier attempt stored it; same task, same bytes.
+            uri = await self._put(
+                dest,
+                "image",
+                key,
+                fetched.body(),
+                size=fetched.size,
+                content_type=fetched.content_type,
+                metadata=meta,
+                sha256=fetched.sha256,
+            )
+            # After the image is durable, so a slow or hostile manifest cannot delay that.
+            claims = await provenance.read(
+                fetched.file, fetched.content_type, self.rt.settings.provenance
+            )
+            doc = sidecar.build(
+                task,
+                outcome,
+                index=index,
+                content_type=fetched.content_type,
+                size=fetched.size,
+                sha256=fetched.sha256,
+                width=fetched.width,
+                height=fetched.height,
+                source_url=fetched.source_url,
+                archived_at=self.rt.clock.now(),
+                default_model=provider_model,
+                provenance=claims,
+            )
+            if self.rt.settings.provenance.xmp_sidecar:
+                # Before the JSON sidecar: the JSON one is written last and so still means
+                # the image and all its sidecars are complete.
+                xmp = sidecar.xmp(doc)
+                await self._put(
                     dest,
-                    "image",
-                    key,
-                    fetched.file,
-                    size=fetched.size,
-                    content_type=fetched.content_type,
-                    metadata=meta,
-                )
-                # After the image is durable, so a slow or hostile manifest cannot delay that.
-                claims = await provenance.read(
-                    fetched.file, fetched.content_type, self.rt.settings.provenance
-                )
-                doc = sidecar.build(
-                    task,
-                    outcome,
-                    index=index,
-                    content_type=fetched.content_type,
-                    size=fetched.size,
-                    sha256=fetched.sha256,
-                    width=fetched.width,
-                    height=fetched.height,
-                    source_url=fetched.source_url,
-                    archived_at=self.rt.clock.now(),
-                    default_model=provider_model,
-                    provenance=claims,
-                )
-                if self.rt.settings.provenance.xmp_sidecar:
-                    # Before the JSON sidecar: the JSON one is written last and so still means
-                    # the image and all its sidecars are complete.
-                    xmp = sidecar.xmp(doc)
-                    await self._put(
-                        dest,
-                        "xmp",
-                        sidecar.xmp_key(key),
-                        xmp,
-                        size=len(xmp),
-                        content_type="application/rdf+xml",
-                        metadata={"task-id": task.id},
-                    )
-                side_key = sidecar.sidecar_key(key)
-                body = sidecar.dumps(doc)
-                side_uri = await self._put(  # AlreadyExists: the pair was already complete
-                    dest,
-                    "sidecar",
-                    side_key,
-                    body,
-                    size=len(body),
-                    content_type="application/json",
+                    "xmp",
+                    sidecar.xmp_key(key),
+                    xmp,
+                    size=len(xmp),
+                    content_type="application/rdf+xml",
                     metadata={"task-id": task.id},
                 )
-                metrics.ARCHIVED_BYTES.labels(dest.name).inc(fetched.size)
-                metrics.ARCHIVED_OBJECTS.labels(dest.name).inc()
-                objects.append(
-                    StoredObject(
-                        index=index,
-                        uri=uri,
-                        sidecar_uri=side_uri,
-                        key=key,
-                        sha256=fetched.sha256,
-                        bytes=fetched.size,
-                        content_type=fetched.content_type,
-                        width=fetched.width,
-                        height=fetched.height,
-                        sidecar=doc,
-                    )
-                )
-            finally:
-                fetched.close()
-        return objects
+            side_key = sidecar.sidecar_key(key)
+            body = sidecar.dumps(doc)
+            side_uri = await self._put(  # AlreadyExists: the pair was already complete
+                dest,
+                "sidecar",
+                side_key,
+                body,
+                size=len(body),
+                content_type="application/json",
+                metadata={"task-id": task.id},
+            )
+            metrics.ARCHIVED_BYTES.labels(dest.name).inc(fetched.size)
+            metrics.ARCHIVED_OBJECTS.labels(dest.name).inc()
+            return StoredObject(
+                index=index,
+                uri=uri,
+                sidecar_uri=side_uri,
+                key=key,
+                sha256=fetched.sha256,
+                bytes=fetched.size,
+                content_type=fetched.content_type,
+                width=fetched.width,
+                height=fetched.height,
+                sidecar=doc,
+            )
+        finally:
+            fetched.close()
 
     async def _put(self, dest: Destination, kind: str, key: str, body: Any, **kw: Any) -> str:
         """One create-only write, timed and traced; an object already there is success."""
@@ -343,6 +368,17 @@ class Worker:
                 raise FetchRefused(f"result {index} has neither a URL nor inline bytes")
             return await self.rt.fetcher.fetch_bytes(data, f"inline:{task.provider}")
         return await self.rt.fetcher.fetch(url)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real failure in a task group's exceptions (not the cancellations it caused),
+    so the caller's handling by error type still applies."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
 
 
 async def _first(*aws: object) -> None:
