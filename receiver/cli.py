@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await loops.stop()
         await rt.close()
 
-    asyncio.run(run())
+    _run_loop(run())
     return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop where installed (as ``receiver serve`` gets it through uvicorn), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 # --- simulate ---------------------------------------------------------------------------------
