@@ -104,3 +104,71 @@ async def test_s3_presigned_url_serves_the_object(moto_endpoint: str, s3_bucket:
         response = await client.get(url)
     assert response.status_code == 200 and response.content == b"\x89PNGdata"
     await store.close()
+
+
+def _record_puts(store: S3Store) -> list[dict[str, str]]:
+    """Headers of every PutObject / UploadPart request as botocore sends it."""
+    sent: list[dict[str, str]] = []
+
+    def keep(request: object, **_: object) -> None:
+        headers = request.headers.items()  # type: ignore[attr-defined]
+        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in headers})
+
+    store.client.meta.events.register("before-send.s3.PutObject", keep)
+    store.client.meta.events.register("before-send.s3.UploadPart", keep)
+    return sent
+
+
+async def test_s3_sends_the_known_sha256_instead_of_hashing_again(
+    moto_endpoint: str, s3_bucket: str
+) -> None:
+    import base64
+    import hashlib
+    import io
+
+    store = _s3(moto_endpoint, s3_bucket)
+    sent = _record_puts(store)
+    body = b"\x89PNG\r\n\x1a\n" + bytes(5000)
+    digest = hashlib.sha256(body).hexdigest()
+    await store.put(
+        "known.png", io.BytesIO(body), size=len(body), content_type="image/png", sha256=digest
+    )
+    await store.put("probe.txt", b"no digest given", size=15, content_type="text/plain")
+    assert sent[0]["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(digest)).decode()
+    assert sent[1]["x-amz-checksum-sha256"] == base64.b64encode(
+        hashlib.sha256(b"no digest given").digest()
+    ).decode()
+    # The signed checksum header stands for the body: no second SHA-256 pass for SigV4.
+    assert {s["x-amz-content-sha256"] for s in sent} == {"UNSIGNED-PAYLOAD"}
+    assert await store.read("known.png") == body
+    await store.close()
+
+
+async def test_s3_multipart_parts_carry_their_sha256(moto_endpoint: str, s3_bucket: str) -> None:
+    import base64
+    import hashlib
+    import io
+
+    store = _s3(
+        moto_endpoint, s3_bucket, multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024
+    )
+    sent = _record_puts(store)
+    body = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    await store.put("parts.png", io.BytesIO(body), size=len(body), content_type="image/png")
+    first, second = body[: 5 * 1024 * 1024], body[5 * 1024 * 1024 :]
+    assert [s["x-amz-checksum-sha256"] for s in sent] == [
+        base64.b64encode(hashlib.sha256(part).digest()).decode() for part in (first, second)
+    ]
+    assert await store.read("parts.png") == body
+    await store.close()
+
+
+async def test_s3_without_sha256_checksum_signs_the_payload(
+    moto_endpoint: str, s3_bucket: str
+) -> None:
+    store = _s3(moto_endpoint, s3_bucket, sha256_checksum=False)
+    sent = _record_puts(store)
+    await store.put("plain.txt", b"signed body", size=11, content_type="text/plain")
+    assert "x-amz-checksum-sha256" not in sent[0]
+    assert sent[0]["x-amz-content-sha256"] != "UNSIGNED-PAYLOAD"  # the body's own SHA-256
+    await store.close()

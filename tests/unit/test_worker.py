@@ -313,3 +313,29 @@ async def test_origin_refuses_what_is_not_an_image(rt: MemoryRuntime) -> None:
     task = await rt.completed_task([URL])
     await Worker(rt).process(await claim(rt))
     assert (await status(rt, task)).failure_reason == "fetch_failed"
+
+
+async def test_a_task_with_many_images_archives_each_in_its_place(rt: MemoryRuntime) -> None:
+    """Images of one task go several at a time; objects still come back in result order."""
+    bodies = [png(f"many {i}", 3 + i, 2) for i in range(9)]
+    urls = [
+        rt.origin.serve_image(f"https://cdn.example/results/{i}.png", body)
+        for i, body in enumerate(bodies)
+    ]
+    task = await rt.completed_task(urls)
+    await Worker(rt).process(await claim(rt))
+    done = await status(rt, task)
+    assert done.status is Status.ARCHIVED
+    assert [o.index for o in done.objects] == list(range(9))
+    for obj, body in zip(done.objects, bodies, strict=True):
+        assert rt.store.objects[obj.key] == body and obj.width == 3 + obj.index
+        assert sidecar.sidecar_key(obj.key) in rt.store.objects
+
+
+async def test_one_expired_image_of_many_fails_the_task_expired(rt: MemoryRuntime) -> None:
+    urls = [rt.origin.serve_image(f"https://cdn.example/results/{i}.png") for i in range(6)]
+    rt.origin.expire(urls[4])
+    task = await rt.completed_task(urls)
+    await Worker(rt).process(await claim(rt))
+    done = await status(rt, task)
+    assert done.status is Status.FAILED and done.failure_reason == "expired"
