@@ -27,6 +27,7 @@ import boto3
 import httpx
 from botocore.config import Config
 
+from . import s3server
 from .common import (
     S3_KEY_ID,
     S3_REGION,
@@ -94,16 +95,18 @@ class Contender:
 
 
 class Infra:
-    """The origin and the S3 endpoint, shared by every archive scenario."""
+    """The origin and one S3 endpoint (SeaweedFS or moto), shared by the archive scenarios."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, store: str = "seaweedfs") -> None:
         self.tmp = tmp
+        self.store = store
         self.origin_port = free_port()
         self.s3_port = free_port()
         self.origin = Child(
             "origin", python("bench.origin", "--port", str(self.origin_port)), tmp / "origin.log"
         )
-        self.s3 = Child("s3", python("bench.s3server", "--port", str(self.s3_port)), tmp / "s3.log")
+        make = s3server.seaweed_child if store == "seaweedfs" else s3server.moto_child
+        self.s3 = make(tmp, self.s3_port)
 
     @property
     def endpoint(self) -> str:
@@ -116,21 +119,47 @@ class Infra:
         self.origin.start()
         self.s3.start()
         wait_http(f"http://127.0.0.1:{self.origin_port}/", self.origin)
-        wait_http(self.endpoint, self.s3)
+        wait_http(self.endpoint, self.s3, timeout=60)
         self.client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=S3_KEY_ID,
             aws_secret_access_key=S3_SECRET,
-            config=Config(region_name=S3_REGION, s3={"addressing_style": "path"}),
+            config=Config(
+                region_name=S3_REGION,
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"mode": "standard", "max_attempts": 10},
+            ),
         )
-        self.reset()
+        deadline = time.monotonic() + 60
+        while True:  # SeaweedFS answers HTTP before its filer and volumes are ready
+            try:
+                self.reset()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         return self
 
     def reset(self) -> None:
-        """Drop every stored object (moto keeps them in memory) and make the bucket again."""
-        httpx.post(f"{self.endpoint}/moto-api/reset", timeout=60).raise_for_status()
-        self.client.create_bucket(Bucket=BUCKET)
+        """An empty bucket: moto drops everything it holds; SeaweedFS has the bucket's objects
+        deleted (a thousand per request)."""
+        if self.store == "moto":
+            httpx.post(f"{self.endpoint}/moto-api/reset", timeout=60).raise_for_status()
+            self.client.create_bucket(Bucket=BUCKET)
+            return
+        try:
+            self.client.head_bucket(Bucket=BUCKET)
+        except Exception:
+            self.client.create_bucket(Bucket=BUCKET)
+            return
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
     def count(self, prefix: str) -> int:
         total = 0

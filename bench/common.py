@@ -97,6 +97,7 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     maxrss_kib: int = 0
     cpu_seconds: float = 0.0
+    stop_timeout: float = 30.0  # after SIGTERM, before SIGKILL
 
     def start(self) -> Child:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -150,7 +151,7 @@ class Child:
             return
         self.proc.terminate()
         try:
-            self.wait(30)
+            self.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.wait(10)
