@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .. import backoff
 from ..errors import LedgerUnavailable
 from .base import Listener
-from .sql import SqlLedger, Tx, migrations, observed
+from .sql import SqlLedger, Tx, migrations
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 class PostgresLedger(SqlLedger):
     dialect = "postgres"
+    group_flushers = 4
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__()
@@ -115,7 +116,7 @@ class PostgresLedger(SqlLedger):
     async def ping(self) -> None:
         await self._tx(lambda tx: tx.raw("SELECT 1 AS ok", {}), write=False)
 
-    async def _tx(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    async def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> tuple[T, set[str]]:
         def run() -> tuple[T, set[str]]:
             pool = self._pool
             if pool is None:
@@ -134,12 +135,9 @@ class PostgresLedger(SqlLedger):
                     time.sleep(0.01 * (attempt + 1))
             raise AssertionError("unreachable")
 
-        with observed(self.dialect, fn):
-            result, channels = await self._thread(run)
-        # This process hears at once; other replicas hear through LISTEN (so may this one,
-        # a second time: a wake-up is idempotent).
-        await self._wake(channels)
-        return result
+        # The caller wakes this process at once; other replicas hear through LISTEN (so may
+        # this one, a second time: a wake-up is idempotent).
+        return await self._thread(run)
 
     async def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)

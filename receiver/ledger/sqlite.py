@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import ConfigError, LedgerUnavailable
-from .sql import SqlLedger, Tx, migrations, observed
+from .sql import SqlLedger, Tx, migrations
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 15_000
@@ -100,7 +100,7 @@ class SqliteLedger(SqlLedger):
     async def ping(self) -> None:
         await self._tx(lambda tx: tx.raw("SELECT 1 AS ok", {}), write=False)
 
-    async def _tx(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    async def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> tuple[T, set[str]]:
         def run() -> tuple[T, set[str]]:
             conn = self._conn
             if conn is None:
@@ -116,10 +116,7 @@ class SqliteLedger(SqlLedger):
                 raise
             return result, tx.channels
 
-        with observed(self.dialect, fn):
-            result, channels = await self._call(run)
-        await self._wake(channels)
-        return result
+        return await self._call(run)
 
 
 class MemoryLedger(SqliteLedger):

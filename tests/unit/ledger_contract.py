@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from receiver.models import (
     Outcome,
     OutcomeStatus,
     Reason,
+    RecordResult,
     ResultImage,
     Status,
     StoredObject,
@@ -154,6 +156,64 @@ class LedgerContract:
         assert sum(r.job_enqueued for r in results) == 1
         assert sum(not r.duplicate for r in results) == 3
         assert len(await ledger.claim_jobs("w", 50, 30)) == 1
+
+    async def test_callbacks_arriving_together_share_a_commit(self, ledger: Ledger) -> None:
+        """Group commit: concurrent outcomes take fewer transactions than callers, each caller
+        gets its own answer, and each event keeps its own caller's request id."""
+        from receiver.ledger.sql import SqlLedger
+        from receiver.log import REQUEST_ID
+
+        assert isinstance(ledger, SqlLedger)
+        tasks = [(await ledger.create_task(new()))[0] for _ in range(16)]
+        commits = 0
+        run = ledger._run
+
+        async def counted(fn: Any, **kw: Any) -> Any:
+            nonlocal commits
+            commits += 1
+            return await run(fn, **kw)
+
+        ledger._run = counted  # type: ignore[method-assign]
+
+        async def deliver(i: int) -> RecordResult:
+            REQUEST_ID.set(f"req-{i}")  # each gather task has a context of its own
+            return await ledger.record_outcome(
+                tasks[i].id, OK, provider="simulated", delivery_key=f"g{i}", deadline=None
+            )
+
+        results = await asyncio.gather(*(deliver(i) for i in range(16)))
+        ledger._run = run  # type: ignore[method-assign]
+        assert commits < 16
+        assert [r.task.id for r in results if r.task] == [t.id for t in tasks]
+        assert all(r.job_enqueued and not r.duplicate for r in results)
+        for i, task in enumerate(tasks):
+            completed = [e for e in await ledger.events(task.id) if e.status == "completed"]
+            assert [e.data.get("request_id") for e in completed] == [f"req-{i}"]
+        assert len(await ledger.claim_jobs("w", 50, 30)) == 16
+
+    async def test_one_failing_call_does_not_fail_its_group(self, ledger: Ledger) -> None:
+        from receiver.ledger.sql import SqlLedger
+
+        assert isinstance(ledger, SqlLedger)
+        good, _ = await ledger.create_task(new())
+        other, _ = await ledger.create_task(new())
+
+        def broken(tx: Any) -> None:
+            tx.run("insert_event", task_id=good.id, status="x", data=None)  # NOT NULL: refused
+
+        async def call_broken() -> None:
+            await ledger._grouped(broken)
+
+        outcomes = await asyncio.gather(
+            ledger.record_outcome(good.id, OK, provider="s", delivery_key="a", deadline=None),
+            call_broken(),
+            ledger.record_outcome(other.id, OK, provider="s", delivery_key="b", deadline=None),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], Exception)
+        for result in (outcomes[0], outcomes[2]):
+            assert isinstance(result, RecordResult) and result.job_enqueued
+        assert len(await ledger.claim_jobs("w", 50, 30)) == 2
 
     async def test_failure_and_moderation(self, ledger: Ledger) -> None:
         a, _ = await ledger.create_task(new(notify_url="https://app.example/hook"))
