@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import ReceiverError, ValidationFailed
-from .models import OutcomeStatus, Reason, Status, Task, TaskFilter, new_id
+from .errors import Conflict, ReceiverError, ValidationFailed
+from .models import Outcome, OutcomeStatus, Reason, Status, Task, TaskFilter, new_id
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -141,30 +141,39 @@ def _with(where: TaskFilter, **changes: Any) -> TaskFilter:
     return dataclasses.replace(where, **changes)
 
 
+async def current_outcome(rt: Runtime, task: Task) -> Outcome:
+    """What to archive again: the answer kept when it could not be read, parsed anew (after an
+    upgrade); else the provider's answer now; else the outcome recorded. Conflict when there is
+    none of these; a failed read raises as the provider adapter does."""
+    provider = rt.provider(task.provider)
+    kept = (
+        await rt.ledger.raw_response(task.id)
+        if task.failure_reason == Reason.UNPARSED_RESPONSE
+        else None
+    )
+    reread = provider.reparse(kept[0], kept[1], task) if kept is not None else None
+    if reread is not None:
+        return reread
+    if provider.can_poll and task.provider_task_id:
+        return await provider.poll(task)
+    if task.outcome is not None:
+        return task.outcome
+    raise Conflict("the provider cannot be asked again and no result is recorded")
+
+
 async def replay_task(rt: Runtime, task: Task, audit: dict[str, object]) -> str | None:
     """Queue a failed task for archiving again from the provider's current result; None when
     done, else why not (the task is left as it was)."""
-    provider = rt.provider(task.provider)
     try:
-        kept = (
-            await rt.ledger.raw_response(task.id)
-            if task.failure_reason == Reason.UNPARSED_RESPONSE
-            else None
-        )
-        reread = provider.reparse(kept[0], kept[1], task) if kept is not None else None
-        if reread is not None:  # the answer kept when it could not be read, parsed again
-            outcome = reread
-        elif provider.can_poll and task.provider_task_id:
-            outcome = await provider.poll(task)
-        elif task.outcome is not None:
-            outcome = task.outcome
-        else:
-            return "the provider cannot be asked again and no result is recorded"
+        outcome = await current_outcome(rt, task)
+    except Conflict as exc:
+        return exc.message
     except ReceiverError as exc:
         return f"the provider could not be asked: {exc.message or exc.code}"
     if outcome.status is not OutcomeStatus.SUCCEEDED or not outcome.images:
         return f"the provider reports the task {outcome.status.value}"
-    done = await rt.ledger.replay_failed(task.id, outcome, provider.deadline_for(outcome), audit)
+    deadline = rt.provider(task.provider).deadline_for(outcome, rt.clock.now())
+    done = await rt.ledger.replay_failed(task.id, outcome, deadline, audit)
     return None if done is not None else "no longer failed"
 
 

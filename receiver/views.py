@@ -79,17 +79,9 @@ class TaskView(View):
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
-        return cls(
-            id=task.id,
-            provider=task.provider,
-            provider_task_id=task.provider_task_id,
-            model=task.model,
-            prompt=task.prompt,
-            params=task.params,
-            destination=task.destination,
-            metadata=task.metadata,
-            notify_url=task.notify_url,
-            status=task.status,
+        return copy_fields(
+            cls,
+            task,
             failure=(
                 FailureView(reason=task.failure_reason, message=task.failure_message)
                 if task.status is Status.FAILED and task.failure_reason
@@ -101,11 +93,6 @@ class TaskView(View):
             ],
             seed=task.outcome.seed if task.outcome else None,
             cost=task.outcome.cost if task.outcome else None,
-            created_at=task.created_at,
-            submitted_at=task.submitted_at,
-            completed_at=task.completed_at,
-            archived_at=task.archived_at,
-            updated_at=task.updated_at,
         )
 
 

@@ -8,7 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from ..models import OutcomeStatus, Reason, Status
+from ..models import OutcomeStatus, Status
+from ..replay import current_outcome
 from ..signatures import access_token, verify_access_token
 from ..submit import TaskRequest, create_and_submit
 from ..views import CreatedTaskView, RedeliveryView, TaskPage, TaskView
@@ -109,25 +110,10 @@ async def replay_task(request: Request) -> Response:
     task = await rt.ledger.get_task(task_id)
     if task is None:
         raise NotFound("no such task")
-    provider = rt.provider(task.provider)
-    kept = (
-        await rt.ledger.raw_response(task_id)
-        if task.failure_reason == Reason.UNPARSED_RESPONSE
-        else None
-    )
-    reread = provider.reparse(kept[0], kept[1], task) if kept is not None else None
-    if reread is not None:
-        # The answer kept when it could not be read: parse it again (after an upgrade).
-        outcome = reread
-    elif provider.can_poll and task.provider_task_id:
-        outcome = await provider.poll(task)
-    elif task.outcome is not None:
-        outcome = task.outcome
-    else:
-        raise Conflict("the provider cannot be asked again and no result is recorded")
+    outcome = await current_outcome(rt, task)
     if outcome.status is not OutcomeStatus.SUCCEEDED:
         raise Conflict(f"the provider reports the task {outcome.status.value}")
-    deadline = provider.deadline_for(outcome, rt.clock.now())
+    deadline = rt.provider(task.provider).deadline_for(outcome, rt.clock.now())
     task = await rt.ledger.requeue_task(task_id, outcome, deadline)
     return render(TaskView.of(task), 202)
 

@@ -445,45 +445,48 @@ def _task_events(
     )
 
 
-@page
-async def task_replay(request: Request) -> Response:
+TaskAction = Callable[["Console", Task, str], Awaitable[str]]
+
+
+async def _on_task(request: Request, act: TaskAction) -> Response:
+    """A form on the task page: check the writer, act on the task as this session (``act``
+    answers the message to show), and show the page again."""
     console = _console(request)
     await _writer_form(request)
     task_id = request.path_params["task_id"]
     task = await console.rt.ledger.get_task(task_id)
     if task is None:
         raise NotFound("no such task")
-    if task.status is not Status.FAILED:
-        flash = "Only a failed task can be replayed from the console."
-    else:
-        audit: dict[str, object] = {"by": "console:" + request.state.session.key_hash[:12]}
-        why = await replay_task(console.rt, task, audit)
-        flash = "Queued for archiving again." if why is None else f"Not replayed: {why}."
+    flash = await act(console, task, "console:" + request.state.session.key_hash[:12])
     context = await _task_context(console, task_id)
     return console.render(
         request, "task.html", session=request.state.session, flash=flash, **context
     )
+
+
+async def _replay(console: Console, task: Task, who: str) -> str:
+    if task.status is not Status.FAILED:
+        return "Only a failed task can be replayed from the console."
+    why = await replay_task(console.rt, task, {"by": who})
+    return "Queued for archiving again." if why is None else f"Not replayed: {why}."
+
+
+async def _redeliver(console: Console, task: Task, who: str) -> str:
+    note = await console.rt.ledger.redeliver(task.id)
+    if note is None:
+        return "Nothing to redeliver: the task has not ended or has no notify_url."
+    await console.rt.ledger.audit(task.id, "redelivered", {"by": who, "event_id": note.id})
+    return f"Notification {note.id} queued for {note.url}."
+
+
+@page
+async def task_replay(request: Request) -> Response:
+    return await _on_task(request, _replay)
 
 
 @page
 async def task_redeliver(request: Request) -> Response:
-    console = _console(request)
-    await _writer_form(request)
-    task_id = request.path_params["task_id"]
-    task = await console.rt.ledger.get_task(task_id)
-    if task is None:
-        raise NotFound("no such task")
-    note = await console.rt.ledger.redeliver(task_id)
-    if note is None:
-        flash = "Nothing to redeliver: the task has not ended or has no notify_url."
-    else:
-        who = "console:" + request.state.session.key_hash[:12]
-        await console.rt.ledger.audit(task_id, "redelivered", {"by": who, "event_id": note.id})
-        flash = f"Notification {note.id} queued for {note.url}."
-    context = await _task_context(console, task_id)
-    return console.render(
-        request, "task.html", session=request.state.session, flash=flash, **context
-    )
+    return await _on_task(request, _redeliver)
 
 
 # --- bulk actions -----------------------------------------------------------------------------
