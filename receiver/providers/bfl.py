@@ -48,7 +48,7 @@ _PENDING_STATUSES = {"pending", "queued", "processing", "running", "in_progress"
 # "Task not found" from a URL we built (not the returned polling_url) is final only this long
 # after submission: the result of a task submitted then could still exist in another region.
 RESULT_WINDOW = 1800.0
-log = logging.getLogger("receiver.providers.bfl")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
