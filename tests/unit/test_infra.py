@@ -504,6 +504,7 @@ def test_nginx_forwards_client_headers_and_accepts_the_apps_largest_body() -> No
     conf = nginx_conf()
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
     assert "proxy_set_header X-Forwarded-Proto $scheme;" in conf
+    assert "proxy_set_header X-Request-ID $receiver_request_id;" in conf  # see middleware.py
     size = re.search(r"client_max_body_size\s+(\d+)([kKmM]?);", conf)
     assert size
     factor = {"": 1, "k": 1024, "m": 1024 * 1024}[size.group(2).lower()]
