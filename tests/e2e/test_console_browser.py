@@ -236,6 +236,8 @@ def test_injected_script_prompt_is_inert(served: Served, browser: Any) -> None:
 
 def test_screenshots(served: Served, browser: Any) -> None:
     """The README's pictures, of the real console (written to docs/ on request)."""
+    failed = served.task("a storm over a salt flat, long exposure", outcome="failed")
+    wait_tasks(served.base, [failed], final=("failed",))
     context = browser.new_context(viewport={"width": 1280, "height": 760})
     page = context.new_page()
     page.goto(f"{served.base}/ui/login")
