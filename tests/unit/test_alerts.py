@@ -153,16 +153,18 @@ def test_dashboard_and_alerts_use_only_metrics_that_metrics_exposes() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    exposed = {
-        sample.name
-        for family in text_string_to_metric_families(result.stdout)
-        for sample in family.samples
-    }
+    families = list(text_string_to_metric_families(result.stdout))
+    exposed = {sample.name for family in families for sample in family.samples}
     board = {m for expr in dashboard_exprs() for m in METRIC.findall(expr)}
     rules = {m for rule in alerts() for m in METRIC.findall(rule["expr"])}
     assert len(board) > 20
     assert board - exposed == set(), "the dashboard names metrics /metrics does not expose"
     assert rules - exposed == set(), "alert rules name metrics /metrics does not expose"
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("**Metrics** (`GET /metrics`)") : readme.index("**Request ids")]
+    named = set(METRIC.findall(table))
+    assert len(named) > 20
+    assert named - exposed - {f.name for f in families} == set(), "README names unknown metrics"
     # The traffic reached every part of the path the panels show.
     assert 'route="unmatched"' in result.stdout
     assert 'outcome="error"' in result.stdout and 'kind="sidecar"' in result.stdout
