@@ -472,3 +472,42 @@ def test_bulk_routes_are_in_the_openapi_document() -> None:
     text = json.dumps(doc)
     for ref in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert ref in schemas, ref
+
+
+async def test_live_gallery_hears_another_replica_over_postgres(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Replicas share PostgreSQL: a task submitted to and archived by replica B shows up live
+    in the gallery stream of replica A (woken by LISTEN/NOTIFY, or by its poll as a net)."""
+    from receiver.app import create_app
+    from receiver.config import Settings
+    from receiver.demo import free_port, serving
+
+    async with (
+        console_stack(tmp_path, ledger_url=pg_dsn) as stack,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        port_b = free_port()
+        conf_b = stack.settings.model_dump()
+        conf_b["public_url"] = f"http://127.0.0.1:{port_b}"
+        replica_b = create_app(Settings.model_validate(conf_b))
+        async with serving(replica_b, port_b):
+            await sign_in(client, stack.base)
+            listener = asyncio.create_task(
+                _sse(
+                    client,
+                    f"{stack.base}/ui/live?q=replica&since={time.time()}",
+                    lambda e: e["status"] == "archived",
+                    60,
+                )
+            )
+            await asyncio.sleep(0.5)
+            response = await client.post(
+                f"http://127.0.0.1:{port_b}/v1/tasks",
+                json={"provider": "simulated", "prompt": "made on replica b"},
+                headers=stack.api,
+            )
+            assert response.status_code == 202
+            task_id = response.json()["id"]
+            cards = await listener
+        assert cards and cards[-1]["id"] == task_id and cards[-1]["status"] == "archived"
