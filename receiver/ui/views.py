@@ -35,7 +35,7 @@ from ..config import Settings
 from ..errors import BadRequest, Forbidden, NotFound, ReceiverError, StoreError, Unauthorized
 from ..models import Reason, Status, Task, TaskFilter
 from ..providers import REGISTRY
-from ..replay import FILTER_KEYS, bulk, parse_filter, replay_task
+from ..replay import FILTER_KEYS, MAX_BULK, bulk, parse_filter, replay_task
 from ..runtime import Runtime
 from . import auth
 from .media import IMMUTABLE, Thumbnails
@@ -508,6 +508,7 @@ async def bulk_confirm(request: Request) -> Response:
         result=result,
         as_of=repr(result.as_of),
         back="/ui/?" + urlencode(args),
+        limit=MAX_BULK,
     )
 
 

@@ -511,3 +511,28 @@ async def test_live_gallery_hears_another_replica_over_postgres(
             task_id = response.json()["id"]
             cards = await listener
         assert cards and cards[-1]["id"] == task_id and cards[-1]["status"] == "archived"
+
+
+async def test_bulk_actions_past_the_limit_are_refused_before_anything_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver import replay
+    from receiver.ui import views
+
+    monkeypatch.setattr(replay, "MAX_BULK", 2)
+    monkeypatch.setattr(views, "MAX_BULK", 2)
+    async with console_stack(tmp_path) as stack, httpx.AsyncClient(timeout=30) as client:
+        ids = [
+            await stack.submit(client, f"kite {i}", params={"faults": {"download_5xx": 1}})
+            for i in range(3)
+        ]
+        await stack.wait(ids, "failed")
+        await sign_in(client, stack.base)
+        confirm = await client.get(f"{stack.base}/ui/bulk?action=replay&status=failed")
+        assert "more than 2 tasks" in confirm.text and 'id="bulk-confirm"' not in confirm.text
+        url = f"{stack.base}/v1/tasks/replay"
+        refused = await client.post(url, json={"filter": {"status": "failed"}}, headers=stack.api)
+        assert refused.status_code == 422 and "at most 2" in refused.json()["error"]["message"]
+        for task_id in ids:
+            task = await stack.rt.ledger.get_task(task_id)
+            assert task is not None and task.status.value == "failed"
