@@ -59,7 +59,7 @@ def make_chain() -> Chain:
     now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
     root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = _name("Kite Labs Test Root", SIGNER_ORG)
+    root_name = _name("Throwaway Test Root", "Throwaway Test CA")
     root = (
         x509.CertificateBuilder()
         .subject_name(root_name)
