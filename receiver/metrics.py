@@ -88,11 +88,11 @@ LEDGER_TX = Histogram(
 )
 FETCH_SECONDS = Histogram(
     "receiver_fetch_seconds",
-    "Downloads of results by provider and outcome (ok, expired, refused, error)",
-    ["provider", "outcome"],
+    "Downloads of results by provider, destination and outcome (ok, expired, refused, error)",
+    ["provider", "destination", "outcome"],
     buckets=_SECONDS,
 )
-FETCH_BYTES = Counter("receiver_fetch_bytes_total", "Bytes downloaded", ["provider"])
+FETCH_BYTES = Counter("receiver_fetch_bytes_total", "Bytes downloaded", ["provider", "destination"])
 STORE_SECONDS = Histogram(
     "receiver_store_seconds",
     "Writes to destinations by kind (image, sidecar, xmp) and outcome (ok, exists, error)",

@@ -357,8 +357,10 @@ class Worker:
                 span.set("receiver.bytes", fetched.size)
                 span.set("receiver.content_type", fetched.content_type)
         finally:
-            metrics.FETCH_SECONDS.labels(provider, outcome).observe(time.perf_counter() - start)
-        metrics.FETCH_BYTES.labels(provider).inc(fetched.size)
+            metrics.FETCH_SECONDS.labels(provider, task.destination, outcome).observe(
+                time.perf_counter() - start
+            )
+        metrics.FETCH_BYTES.labels(provider, task.destination).inc(fetched.size)
         return fetched
 
     async def _download(self, task: Task, index: int, url: str | None) -> Fetched:
