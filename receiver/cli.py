@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -39,23 +41,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from . import log, tracing
+    from . import server as server_mod
     from .app import create_app
 
     settings = _settings(args)
     log.setup(settings.log_level, settings.log_format)
     tracing.setup()  # OTEL_* from the environment, when the [otel] extra is installed
+    asyncio.run(_preflight(settings))
+    sock = server_mod.listen(args.host, args.port)
     app = create_app(settings, background=not args.no_worker)
-    uvicorn.run(
+    config = server_mod.config(
         app,
-        host=args.host,
-        port=args.port,
+        settings.server,
         log_config=None,
         access_log=False,
         proxy_headers=True,
         forwarded_allow_ips=",".join(settings.server.trusted_proxies),
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 1,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else EXIT_FAILED
+
+
+async def _preflight(settings: Settings) -> None:
+    """Open the ledger once before serving: an unreachable database is one line and exit 1,
+    not uvicorn's startup traceback."""
+    from .ledger import open_ledger
+
+    ledger = open_ledger(settings.ledger_url)
+    try:
+        await ledger.open()
+    except ReceiverError as exc:
+        raise ReceiverError(
+            f"cannot open the ledger ({_safe_url(settings.ledger_url)}): {exc.message}"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await ledger.close()
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -100,6 +128,7 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from . import server as server_mod
     from .simulator import SIMULATORS, Faults, build_simulator
 
     if args.provider not in SIMULATORS:
@@ -112,9 +141,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         slow_download=args.slow_download,
         duplicates=args.duplicates,
     )
+    sock = server_mod.listen(args.host, args.port)
     app, _ = build_simulator(public, faults, [args.provider])
     print(f"simulated provider {args.provider!r} on {public}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
     return 0
 
 
@@ -163,18 +194,43 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def _retry_line(task: dict[str, Any]) -> str | None:
+    """``retrying (attempt 3): <last error>; next attempt in 12s`` while archiving retries."""
+    retry = task.get("retry")
+    if not retry:
+        return None
+    line = f"retrying (attempt {retry.get('attempts')}): {retry.get('last_error')}"
+    if retry.get("next_attempt_at"):
+        line += f"; next attempt in {max(0, retry['next_attempt_at'] - time.time()):.0f}s"
+    return line
+
+
 def _print_task(task: dict[str, Any]) -> None:
     print(f"task {task['id']}: {task['status']}")
     if task.get("failure"):
         print(f"  failed: {task['failure']['reason']}: {task['failure']['message']}")
+    retrying = _retry_line(task)
+    if retrying:
+        print(f"  {retrying}")
     for obj in task.get("objects", []):
         print(f"  image   {obj['uri']}  ({obj['bytes']} bytes, sha256 {obj['sha256'][:12]}…)")
         print(f"  sidecar {obj['sidecar_uri']}")
 
 
+def _default_provider(args: argparse.Namespace) -> str | None:
+    """The configuration's ``default_provider``, when a configuration can be read."""
+    try:
+        return _settings(args).default_provider
+    except ConfigError:
+        return None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     base, headers = _client(args)
-    body: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
+    provider = args.provider or _default_provider(args)
+    if not provider:
+        return _die("submit: --provider is required (or set default_provider in the config)")
+    body: dict[str, Any] = {"provider": provider, "prompt": args.prompt}
     if args.model:
         body["model"] = args.model
     if args.destination:
@@ -193,16 +249,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _wait(base: str, headers: dict[str, str], task_id: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     last = None
+    last_error = None
     while True:
         task = _request("GET", f"{base}/v1/tasks/{task_id}", headers)
         if task["status"] != last:
             print(f"  … {task['status']}", flush=True)
             last = task["status"]
+        error = (task.get("retry") or {}).get("last_error")
+        if error and error != last_error:
+            print(f"  … {_retry_line(task)}", flush=True)
+        last_error = error
         if task["status"] in ("archived", "failed"):
             _print_task(task)
             return 0 if task["status"] == "archived" else EXIT_FAILED
         if time.monotonic() > deadline:
-            return _die(f"task {task_id} still {task['status']} after {timeout:.0f}s", EXIT_FAILED)
+            why = f" ({_retry_line(task)})" if error else ""
+            return _die(
+                f"task {task_id} still {task['status']} after {timeout:.0f}s{why}", EXIT_FAILED
+            )
         time.sleep(0.5)
 
 
@@ -405,7 +469,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_worker)
 
     s = client(command("submit", "submit a task"))
-    s.add_argument("--provider", default="simulated", help="provider name")
+    s.add_argument(
+        "--provider", help="provider name (required unless the config sets default_provider)"
+    )
     s.add_argument("--model", help="model (default: the provider's default model)")
     s.add_argument("--prompt", required=True, help="the prompt (required)")
     s.add_argument("--destination", help="destination name (default: default_destination)")
@@ -492,10 +558,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except ConfigError as exc:
         return _die(f"configuration error: {exc.message}")
     except ReceiverError as exc:
         return _die(exc.message, EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``receiver status --json | head``): that is not our error.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return code

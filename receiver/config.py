@@ -6,10 +6,11 @@ message is a single line naming it, which the CLI prints before exiting.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,15 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def _cidrs(value: list[str]) -> list[str]:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"not a CIDR network: {net!r}") from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,16 +51,7 @@ class FetchSettings(_Section):
     max_redirects: int = Field(default=5, ge=0)
 
     _split = field_validator("allowed_networks", mode="before")(_split_commas)
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for net in value:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"not a CIDR network: {net!r}") from None
-        return value
+    _networks = field_validator("allowed_networks")(_cidrs)
 
 
 class WorkerSettings(_Section):
@@ -77,6 +78,11 @@ class ServerSettings(_Section):
     docs_script_url: str = (
         "https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"  # Redoc's documented CDN
     )
+    # Slow clients: a request's headers, and each read of its body, must arrive in time.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    keepalive_seconds: float = Field(default=5.0, gt=0)
 
     _split = field_validator("trusted_proxies", "cors_origins", mode="before")(_split_commas)
 
@@ -98,12 +104,17 @@ class ConsoleSettings(_Section):
 class NotifySettings(_Section):
     secret: str | None = None
     default_url: str | None = None
+    # Networks notify_url may reach although not public (the fetcher has its own list).
+    allowed_networks: list[str] = Field(default_factory=list)
     presign_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     timeout: float = Field(default=10.0, gt=0)
     retry_hours: float = Field(default=26.0, ge=24.0)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     retry_max_seconds: float = Field(default=1800.0, ge=0)
     concurrency: int = Field(default=16, ge=1, le=256)
+
+    _split = field_validator("allowed_networks", mode="before")(_split_commas)
+    _networks = field_validator("allowed_networks")(_cidrs)
 
     @field_validator("secret")
     @classmethod
@@ -141,6 +152,12 @@ class FilesystemSettings(_Section):
     prefix: str = ""
 
 
+def _check_endpoint(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http(s) URL with its scheme, e.g. https://{value}")
+    return value
+
+
 class S3Settings(_Section):
     type: Literal["s3"]
     bucket: str = Field(min_length=3)
@@ -162,6 +179,8 @@ class S3Settings(_Section):
     max_threads: int = Field(default=16, ge=1, le=256)
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
+    _endpoint = field_validator("endpoint_url")(_check_endpoint)
+
 
 class BunnySettings(_Section):
     type: Literal["bunny"]
@@ -171,6 +190,8 @@ class BunnySettings(_Section):
     prefix: str = ""
     endpoint_url: str | None = None
     cdn_url: str | None = None
+
+    _endpoint = field_validator("endpoint_url", "cdn_url")(_check_endpoint)
 
 
 # One of the destination types, chosen by its ``type`` key.
@@ -207,6 +228,8 @@ class Settings(_Section):
     ledger_url: str = "sqlite:///receiver.db"
     api_keys: list[str] = Field(default_factory=list)
     default_destination: str = "local"
+    # The provider ``receiver submit`` uses without ``--provider``; none: the flag is required.
+    default_provider: str | None = None
     destinations: dict[str, DestinationSettings] = Field(default_factory=_default_destinations)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     notify: NotifySettings = Field(default_factory=NotifySettings)
@@ -264,15 +287,24 @@ def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
     node[path[-1]] = value
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``RECEIVER_DESTINATIONS__S3__BUCKET=x`` → ``{"destinations": {"s3": {"bucket": x}}}``."""
-    tree: dict[str, Any] = {}
+# Variables of the client commands (submit, status, tasks), never server settings.
+CLIENT_ENV = frozenset({"RECEIVER_URL", "RECEIVER_API_KEY"})
+
+
+def _env_items(environ: Mapping[str, str]) -> Iterator[tuple[str, list[str], str]]:
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or key in CLIENT_ENV:
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
         if path:
-            _set_path(tree, path, value)
+            yield key, path, value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RECEIVER_DESTINATIONS__S3__BUCKET=x`` → ``{"destinations": {"s3": {"bucket": x}}}``."""
+    tree: dict[str, Any] = {}
+    for _, path, value in _env_items(environ):
+        _set_path(tree, path, value)
     return tree
 
 
@@ -286,14 +318,124 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+_UNION_TAGS = {"filesystem", "s3", "bunny"}
+
+
+def _loc(err: Any) -> list[str]:
+    parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
     # Drop the discriminator tag pydantic inserts into union paths (destinations.x.s3.bucket).
-    loc = loc.replace(".filesystem.", ".").replace(".s3.", ".").replace(".bunny.", ".")
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{loc or 'configuration'}: {msg}{extra} [{source}]"
+    if len(parts) > 2 and parts[0] == "destinations" and parts[2] in _UNION_TAGS:
+        del parts[2]
+    return parts
+
+
+def _fields_at(parts: list[str]) -> list[str]:
+    """The keys a section accepts, for "did you mean" (``parts`` ends with the bad key)."""
+    model: Any = Settings
+    path = parts[:-1]
+    i = 0
+    while i < len(path):
+        field = model.model_fields.get(path[i]) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        if path[i] in ("destinations", "providers"):
+            if i + 1 >= len(path):
+                return []
+            if path[i] == "providers":
+                return [*ProviderSettings.model_fields, *_provider_options(path[i + 1])]
+            return sorted(
+                {
+                    f
+                    for m in (FilesystemSettings, S3Settings, BunnySettings)
+                    for f in m.model_fields
+                }
+            )
+        model = field.annotation
+        i += 1
+    return list(getattr(model, "model_fields", {}))
+
+
+def _near(word: str, choices: Iterable[str]) -> str:
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {found[0]!r}?" if found else ""
+
+
+class _Sources:
+    """Where each key came from: the variable that set it, else the file, else defaults."""
+
+    def __init__(self, environ: Mapping[str, str], file: str | None) -> None:
+        self.env = {tuple(path): key for key, path, _ in _env_items(environ)}
+        self.file = file
+
+    def of(self, parts: list[str]) -> str:
+        for n in range(len(parts), 0, -1):
+            key = self.env.get(tuple(parts[:n]))
+            if key is not None:
+                return f"environment variable {key}"
+        below = [key for path, key in self.env.items() if list(path[: len(parts)]) == parts]
+        if below:
+            return f"environment variable {sorted(below)[0]}"
+        if self.file:
+            return self.file
+        name = ENV_PREFIX + "__".join(p.upper() for p in parts)
+        return f"not set; put it in the config file or set {name}"
+
+
+def _one(err: Any, sources: _Sources) -> str:
+    parts = _loc(err)
+    loc = ".".join(parts) or "configuration"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key" + _near(parts[-1], _fields_at(parts)) if parts else "unknown key"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} [{sources.of(parts)}]"
+
+
+def _describe(exc: ValidationError, sources: _Sources) -> str:
+    """One line: the first error in full (an unknown key first, as it often explains a
+    missing one), then the keys of the others."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = _one(errors[0], sources)
+    rest = [".".join(_loc(e)) or "configuration" for e in errors[1:]]
+    return first + (f" (also: {', '.join(rest)})" if rest else "")
+
+
+def _provider_options(name: str) -> tuple[str, ...]:
+    from .providers import REGISTRY, provider_class
+
+    if name not in REGISTRY:
+        return ()
+    return tuple(provider_class(name).options or ())
+
+
+def _check_providers(settings: Settings, sources: _Sources) -> None:
+    """Unknown provider sections and misspelt options stop the start, naming the key."""
+    from .providers import REGISTRY, provider_class
+
+    if settings.default_provider is not None and settings.default_provider not in REGISTRY:
+        raise ConfigError(
+            f"default_provider: unknown provider {settings.default_provider!r}"
+            f"{_near(settings.default_provider, REGISTRY)} [{sources.of(['default_provider'])}]"
+        )
+    for name, conf in settings.providers.items():
+        where = ["providers", name]
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"providers.{name}: unknown provider{_near(name, REGISTRY)} "
+                f"(known: {', '.join(sorted(REGISTRY))}) [{sources.of(where)}]"
+            )
+        declared = provider_class(name).options
+        common = list(ProviderSettings.model_fields)
+        for key in conf.model_extra or {}:
+            known = [*common, *(declared or ())]
+            if key in known:
+                continue
+            hint = _near(key, known)
+            if declared is not None or hint:
+                raise ConfigError(
+                    f"providers.{name}.{key}: unknown option{hint} "
+                    f"(known: {', '.join(sorted(known))}) [{sources.of([*where, key])}]"
+                )
 
 
 def load_settings(
@@ -316,7 +458,10 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
     raw = _merge(raw, env_overrides(environ))
+    sources = _Sources(environ, source if path else None)
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, sources)) from None
+    _check_providers(settings, sources)
+    return settings

@@ -48,7 +48,7 @@ async def confirmed_outcome(
             extra=extra,
         )
     try:
-        outcome = await provider.poll(task)
+        outcome = await provider.checked_poll(task)
     except ReceiverError as exc:
         log.info("confirming the callback by a read failed: %s", exc, extra=extra)
         await rt.ledger.schedule_poll(task_id, rt.clock.now() + RETRY_SECONDS)

@@ -78,6 +78,13 @@ class PayloadTooLarge(ReceiverError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ReceiverError):
+    """A client that sends its body too slowly (server.body_read_timeout_seconds)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(ReceiverError):
     status = 409
     code = "conflict"
@@ -91,6 +98,14 @@ class LedgerUnavailable(ReceiverError):
 
     status = 503
     code = "ledger_unavailable"
+
+
+class LedgerRefused(ReceiverError):
+    """The ledger refused the data itself (a value it cannot store), not an outage: never a
+    503, which would have the sender retry the same bad data for days."""
+
+    status = 422
+    code = "unrecordable"
 
 
 class ProviderError(ReceiverError):

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import httpx
 
+from . import netguard
 from .config import FetchSettings
 from .errors import FetchError, FetchExpired, FetchRefused
 
@@ -155,7 +156,7 @@ class Fetcher:
         resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
-        self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks]
+        self.allowed = netguard.parse_networks(settings.allowed_networks)
         self.resolver = resolver or system_resolver
         self.budget = MemoryBudget(MEMORY_BUDGET_BYTES)
         self._threads = concurrent.futures.ThreadPoolExecutor(
@@ -178,12 +179,8 @@ class Fetcher:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def _blocked(self, ip: IPAddress) -> bool:
-        if any(ip in net for net in self.allowed):
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return self._blocked(ip.ipv4_mapped)
-        return not ip.is_global or ip.is_multicast
+    def _blocked(self, ip: IPAddress) -> str | None:
+        return netguard.refusal(ip, self.allowed)
 
     async def _address(self, url: httpx.URL) -> str:
         """The one checked address to connect to for ``url``."""
@@ -200,10 +197,12 @@ class Fetcher:
             raise FetchError(f"cannot resolve {host}: no addresses")
         for candidate in candidates:
             ip = ipaddress.ip_address(candidate.split("%", 1)[0])
-            if self._blocked(ip):
+            why = self._blocked(ip)
+            if why:
                 raise FetchRefused(
                     f"{redact_url(str(url))} resolves to address {ip}, which is not public "
-                    "(loopback, private, link-local or reserved); refused"
+                    f"({why}); refused. To fetch from it anyway (tests, a private store), "
+                    "add its network to fetch.allowed_networks"
                 )
         return candidates[0]
 

@@ -105,7 +105,8 @@ async def accept_callback(
                 return Accepted("accepted", task_id, confirmed=False)
             callback = confirmed
         else:
-            callback = provider.parse_callback(headers, body)
+            callback = provider.read_callback(headers, body)
+        await _bound_to_task(rt, task_id, provider.name, callback.provider_task_id)
         accepted = await _record(rt, provider, task_id, callback, body)
     log.info(
         "callback %s (%s)",
@@ -122,7 +123,7 @@ async def _confirmed(
     """The callback with its outcome replaced by a read of the task (see receiver.confirm);
     a body we cannot parse is still a reason to read."""
     try:
-        claimed: Callback | None = provider.parse_callback(headers, body)
+        claimed: Callback | None = provider.read_callback(headers, body)
     except BadRequest:
         claimed = None
     outcome = await confirmed_outcome(rt, provider, task_id, claimed.outcome if claimed else None)
@@ -135,16 +136,35 @@ async def _confirmed(
     )
 
 
+async def _bound_to_task(
+    rt: Runtime, task_id: str, provider: str, provider_task_id: str | None
+) -> None:
+    """A callback speaks of the provider task we submitted, or of none: a validly signed
+    callback for another request (fal signs per account, not per task) is refused."""
+    if provider_task_id is None:
+        return
+    task = await rt.ledger.get_task(task_id)
+    if task is None:
+        raise NotFound("no such task")
+    if task.provider_task_id is not None and task.provider_task_id != provider_task_id:
+        raise SignatureError(
+            f"{provider}: the callback is for another provider task than this URL's",
+            cause="mismatch",
+        )
+
+
 async def accept_account_webhook(
     rt: Runtime, provider_name: str, headers: Mapping[str, str], read: BodyReader
 ) -> Accepted:
     """An account-level webhook, verified with the provider's configured secret. A task
     submitted elsewhere is adopted, so its results are archived like our own."""
     provider = rt.provider(provider_name)
+    if type(provider).verify_account_webhook is Provider.verify_account_webhook:
+        raise NotFound(f"{provider.name} has no account-level webhooks")  # body left unread
     with _counted(provider.name):
         body = await read(rt.settings.server.max_body_bytes)
         await provider.verify_account_webhook(headers, body)
-        callback = provider.parse_callback(headers, body)
+        callback = provider.read_callback(headers, body)
         if not callback.provider_task_id:
             raise BadRequest("webhook names no task")
         task = await adopt(rt, provider.name, callback)

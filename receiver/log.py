@@ -86,7 +86,10 @@ class TextFormatter(logging.Formatter):
         extra = " ".join(
             f"{n}={getattr(record, n)}" for n in _FIELDS if getattr(record, n, None) is not None
         )
-        return scrub(f"{record.levelname.lower():7} {record.name}: {record.getMessage()} {extra}")
+        line = f"{record.levelname.lower():7} {record.name}: {record.getMessage()} {extra}"
+        if record.exc_info:  # the traceback is what an operator needs to report a crash
+            line = line.rstrip() + "\n" + self.formatException(record.exc_info)
+        return scrub(line)
 
 
 def setup(level: str = "info", fmt: str = "json") -> None:

@@ -158,6 +158,10 @@ class Task:
     traceparent: str | None = None  # the submission's trace, continued by later steps
     # What the provider told us about this task that later polls need (BFL: polling_url).
     provider_state: dict[str, Any] = field(default_factory=dict)
+    # While archiving: the job's attempts so far, its last error and when it runs again.
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         """The task as the API shows it (contract: GET /v1/tasks/{id}), rendered by its view

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from typing import Any
 
 import httpx
 
-from . import backoff, metrics, tracing
+from . import backoff, metrics, netguard, tracing
 from .errors import LedgerUnavailable, ReceiverError
 from .models import Notification, Task
 from .runtime import Runtime
@@ -48,12 +49,17 @@ async def build_payload(rt: Runtime, task: Task, event: str, event_id: str) -> d
     return payload.model_dump(mode="json")
 
 
+class NotifyRefused(Exception):
+    """notify_url points at an address we must not connect to (given up, not retried)."""
+
+
 class Notifier:
     def __init__(self, runtime: Runtime, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.rt = runtime
         self.conf = runtime.settings.notify
         self._stopping = asyncio.Event()
         self._wake: asyncio.Event | None = None
+        self.allowed = netguard.parse_networks(self.conf.allowed_networks)
         self.http = httpx.AsyncClient(
             timeout=self.conf.timeout,
             follow_redirects=False,
@@ -89,6 +95,28 @@ class Notifier:
             self.rt.changes.unsubscribe("notify", wake)
             await self.http.aclose()
 
+    async def _address(self, url: httpx.URL) -> str:
+        """The one address to connect to for ``url``, every candidate checked like a result
+        URL's but against ``notify.allowed_networks``."""
+        if url.scheme not in ("http", "https") or not url.host:
+            raise NotifyRefused("notify_url is not an http(s) URL; refused")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            candidates = [str(ipaddress.ip_address(url.host))]
+        except ValueError:
+            candidates = await self.rt.fetcher.resolver(url.host, port)
+        if not candidates:
+            raise OSError(f"no address for {url.host}")  # transient: retried
+        for candidate in candidates:
+            ip = ipaddress.ip_address(candidate.split("%", 1)[0])
+            why = netguard.refusal(ip, self.allowed)
+            if why:
+                raise NotifyRefused(
+                    f"notify_url host {url.host} is {ip}, not a public address ({why}); "
+                    "refused. Add its network to notify.allowed_networks to allow it"
+                )
+        return candidates[0]
+
     async def send(self, note: Notification) -> bool:
         ledger = self.rt.ledger
         task = await ledger.get_task(note.task_id)
@@ -101,7 +129,11 @@ class Notifier:
             "receiver.attempt": note.attempts,
         }
         with tracing.span("receiver.notify", attrs, parent=task.traceparent, kind="client") as span:
-            error = await self._post(note, task)
+            refused = False
+            try:
+                error = await self._post(note, task)
+            except NotifyRefused as exc:  # the address will not become public by waiting
+                error, refused = str(exc), True
             if error is not None:
                 span.error("not_delivered")
         if error is None:
@@ -109,12 +141,12 @@ class Notifier:
             await ledger.finish_notification(note.id, self.rt.owner)
             log.info("notified", extra={"task_id": task.id, "event": note.event})
             return True
-        give_up = self.rt.clock.now() - note.created_at > self.conf.retry_hours * 3600
+        give_up = refused or self.rt.clock.now() - note.created_at > self.conf.retry_hours * 3600
         delay = backoff.delay(
             note.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
         )
         metrics.NOTIFICATIONS.labels("dead" if give_up else "retry").inc()
-        log.info(
+        (log.warning if refused or note.attempts > 1 else log.info)(
             "notification failed (%s); %s",
             error,
             "giving up" if give_up else f"retry in {delay:.0f}s",
@@ -138,7 +170,22 @@ class Notifier:
         }
         tracing.inject(headers)  # the application may continue the task's trace
         try:
-            response = await self.http.post(note.url, content=body, headers=headers)
+            target = httpx.URL(note.url)
+            address = await self._address(target)
+        except (httpx.InvalidURL, OSError, UnicodeError) as exc:
+            return f"cannot resolve notify_url: {type(exc).__name__}"
+        # Connect to the checked address, so DNS cannot answer differently in between.
+        headers["host"] = target.netloc.decode("ascii")
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = self.http.build_request(
+            "POST",
+            target.copy_with(host=address),
+            content=body,
+            headers=headers,
+            extensions=extensions,
+        )
+        try:
+            response = await self.http.send(request)
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}"
         if 200 <= response.status_code < 300:

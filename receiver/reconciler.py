@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 GIVE_UP_SECONDS = 24 * 3600.0
 # A resubmission is not attempted again by another replica for this long.
 SUBMIT_RETRY_SECONDS = 90.0
+# A task whose reconciling step crashes this many times is failed with the error.
+CRASH_ATTEMPTS = 3
 
 
 class Reconciler:
@@ -57,7 +59,7 @@ class Reconciler:
             await ledger.purge_deliveries(now - retention)
             self._last_purge = now
         tasks = await ledger.tasks_to_poll(100)
-        await asyncio.gather(*(self._traced_poll(task) for task in tasks))
+        await asyncio.gather(*(self._guarded_poll(task) for task in tasks))
         return len(tasks)
 
     async def _traced_poll(self, task: Task) -> None:
@@ -103,6 +105,27 @@ class Reconciler:
             metrics.PROVIDER_GRACE.labels(label).set(grace)
             metrics.PROVIDER_URL_LIFETIME.labels(label).set(provider.url_lifetime)
 
+    async def _guarded_poll(self, task: Task) -> None:
+        """One task's step; a crash on it (a bug, or an answer nothing expected) is retried
+        later a few times, then parks the task as failed with the error, so one poisoned task
+        never fails every pass nor holds back the others."""
+        try:
+            await self._traced_poll(task)
+        except LedgerUnavailable:
+            raise
+        except Exception as exc:
+            message = f"reconciling crashed: {type(exc).__name__}: {exc}"[:500]
+            log.exception(
+                "reconciler step crashed", extra={"task_id": task.id, "provider": task.provider}
+            )
+            with contextlib.suppress(ReceiverError):
+                if task.poll_attempts + 1 >= CRASH_ATTEMPTS:
+                    await self.rt.ledger.fail_task(
+                        task.id, Reason.PROVIDER_ERROR, f"{message} (after {CRASH_ATTEMPTS} tries)"
+                    )
+                else:
+                    await self.rt.ledger.schedule_poll(task.id, self._next(task))
+
     async def poll(self, task: Task) -> None:
         ledger = self.rt.ledger
         try:
@@ -117,10 +140,13 @@ class Reconciler:
             await ledger.schedule_poll(task.id, None)
             return
         try:
-            outcome = await provider.poll(task)
+            outcome = await provider.checked_poll(task)
         except ProviderError as exc:
             metrics.POLLS.labels(task.provider, "error").inc()
-            log.info("poll failed: %s", exc, extra={"task_id": task.id, "provider": task.provider})
+            self.rt.troubles.failed("provider", task.provider, exc.message)
+            (log.warning if task.poll_attempts >= 1 else log.info)(
+                "poll failed: %s", exc, extra={"task_id": task.id, "provider": task.provider}
+            )
             await ledger.schedule_poll(task.id, self._next(task))
             return
         except ReceiverError as exc:
@@ -128,6 +154,7 @@ class Reconciler:
             log.info("poll gave an unreadable answer: %s", exc, extra={"task_id": task.id})
             await ledger.schedule_poll(task.id, self._next(task))
             return
+        self.rt.troubles.succeeded("provider", task.provider)
         if not outcome.final:
             metrics.POLLS.labels(task.provider, "pending").inc()
             if self.rt.clock.now() - task.created_at > GIVE_UP_SECONDS:

@@ -155,7 +155,7 @@ async def current_outcome(rt: Runtime, task: Task) -> Outcome:
     if reread is not None:
         return reread
     if provider.can_poll and task.provider_task_id:
-        return await provider.poll(task)
+        return await provider.checked_poll(task)
     if task.outcome is not None:
         return task.outcome
     raise Conflict("the provider cannot be asked again and no result is recorded")

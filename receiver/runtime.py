@@ -23,6 +23,7 @@ from .config import Settings
 from .destinations import Destination, build_destination
 from .errors import NotFound
 from .fetch import Fetcher, Resolver
+from .health import Troubles
 from .ledger import Ledger, open_ledger
 from .providers import Provider, build_provider
 
@@ -80,6 +81,7 @@ class Runtime:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.changes = Changes()
         self.clock = clock or Clock()
+        self.troubles = Troubles(self.clock.now)
         if destinations is None:
             destinations = {
                 name: build_destination(name, conf) for name, conf in settings.destinations.items()

@@ -9,6 +9,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from . import __version__
+from .errors import StoreError
 from .models import Outcome, Task
 
 SCHEMA = "receiver.sidecar/1"
@@ -88,7 +89,13 @@ def build(
 
 
 def dumps(sidecar: dict[str, Any]) -> bytes:
-    return json.dumps(sidecar, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+    """Always valid JSON: a value that is not (NaN, a lone surrogate) fails the write for
+    good, with the reason, instead of landing in the archive or being retried forever."""
+    try:
+        text = json.dumps(sidecar, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        return text.encode() + b"\n"
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        raise StoreError(f"the sidecar would not be valid JSON: {exc}", permanent=True) from None
 
 
 # --- XMP sidecar ---------------------------------------------------------------------------------

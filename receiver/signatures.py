@@ -15,6 +15,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,17 @@ ACCESS_SALT = "receiver.access.v1"
 def _rotation(keys: Sequence[str]) -> list[str]:
     # itsdangerous signs with the *last* key and verifies with all; ours signs with the first.
     return list(reversed(keys))
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time comparison of any two strings. ``hmac.compare_digest`` raises TypeError
+    on non-ASCII ``str``, and header values are whatever bytes a sender chose."""
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
+
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 # --- URL tokens ----------------------------------------------------------------------------------
@@ -56,7 +68,7 @@ def verify_hook_token(keys: Sequence[str], token: str, provider: str) -> str:
         not isinstance(data, list)
         or len(data) != 2
         or not all(isinstance(x, str) for x in data)
-        or not hmac.compare_digest(data[1], provider)
+        or not _same(data[1], provider)
     ):
         raise SignatureError("callback token is for another provider", cause="token")
     return str(data[0])
@@ -104,10 +116,9 @@ def standard_sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 def check_timestamp(raw: str | None, tolerance: int, now: float | None = None) -> int:
     if raw is None or raw == "":
         raise SignatureError("missing timestamp header", cause="missing_header")
-    try:
-        ts = int(raw)
-    except ValueError:
-        raise SignatureError("malformed timestamp", cause="malformed") from None
+    if not _TIMESTAMP.fullmatch(raw):  # int() would take 400 digits, "1_0" and other scripts
+        raise SignatureError("malformed timestamp", cause="malformed")
+    ts = int(raw)
     now = time.time() if now is None else now
     if abs(now - ts) > tolerance:
         raise SignatureError("timestamp outside tolerance", cause="stale")
@@ -137,7 +148,7 @@ def verify_standard(
         raise SignatureError("no v1 signature in webhook-signature", cause="malformed")
     for secret in secrets:
         expected = standard_sign(secret, msg_id, ts, body).removeprefix("v1,")
-        if any(hmac.compare_digest(expected, value) for value in offered):
+        if any(_same(expected, value) for value in offered):
             return msg_id
     raise SignatureError("signature does not match", cause="signature")
 
@@ -178,7 +189,7 @@ def verify_mynth_legacy(
     ts = check_timestamp(stamp, tolerance, now)
     for secret in secrets:
         expected = mynth_sign(secret, ts, body).rsplit("v1=", 1)[1]
-        if any(hmac.compare_digest(expected, value) for value in offered):
+        if any(_same(expected, value) for value in offered):
             return headers.get("x-mynth-delivery")
     raise SignatureError("signature does not match", cause="signature")
 
@@ -207,14 +218,14 @@ def verify_bfl(headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) 
             failure = SignatureError("malformed X-BFL-Signature", cause="malformed")
         else:
             for secret in secrets:
-                if hmac.compare_digest(bfl_sign(secret, body), f"sha256={value.lower()}"):
+                if _same(bfl_sign(secret, body), f"sha256={value.lower()}"):
                     return
     if echoed is not None:
         if not echoed:
             failure = SignatureError("empty X-Webhook-Secret", cause="malformed")
         else:
             for secret in secrets:
-                if hmac.compare_digest(secret.encode(), echoed.encode()):
+                if _same(secret, echoed):
                     return
             if signature is None:
                 failure = SignatureError("webhook secret does not match", cause="signature")
@@ -324,5 +335,5 @@ def verify_access_token(keys: Sequence[str], token: str, task_id: str, max_age: 
         raise Unauthorized("access token expired") from None
     except BadSignature:
         raise Unauthorized("invalid access token") from None
-    if not isinstance(data, str) or not hmac.compare_digest(data, task_id):
+    if not isinstance(data, str) or not _same(data, task_id):
         raise Unauthorized("access token is for another task")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import tracing
-from .errors import NotFound, ProviderError, ValidationFailed
+from . import netguard, tracing
+from .errors import BadRequest, NotFound, ProviderError, ValidationFailed
 from .models import NewTask, Reason, Task
 from .providers import CallbackTarget
+from .providers.base import check_outcome
 from .runtime import Runtime
 from .signatures import hook_token, task_secrets
 
@@ -43,6 +47,14 @@ def validate(rt: Runtime, req: TaskRequest) -> NewTask:
         provider = rt.provider(req.provider)
     except NotFound as exc:
         raise ValidationFailed("provider", exc.message) from None
+    if req.provider not in rt.settings.providers:
+        # Accepting it would only fail later, at the provider, without credentials.
+        configured = ", ".join(sorted(rt.settings.providers)) or "none"
+        raise ValidationFailed(
+            "provider",
+            f"{req.provider!r} is not configured on this server (configured: {configured}); "
+            f"add a [providers.{req.provider}] section",
+        )
     destination = req.destination or rt.settings.default_destination
     if destination not in rt.destinations:
         raise ValidationFailed(
@@ -56,6 +68,8 @@ def validate(rt: Runtime, req: TaskRequest) -> NewTask:
     notify_url = req.notify_url or rt.settings.notify.default_url
     if notify_url is not None and not notify_url.startswith(("http://", "https://")):
         raise ValidationFailed("notify_url", "must be an http(s) URL")
+    if notify_url is not None:
+        _check_notify_host(rt, notify_url)
     if notify_url is not None and not rt.settings.notify.secret:
         raise ValidationFailed("notify_url", "this server has no notify.secret to sign with")
     provider.validate(req.model, req.prompt, req.params)
@@ -69,6 +83,26 @@ def validate(rt: Runtime, req: TaskRequest) -> NewTask:
         notify_url=notify_url,
         traceparent=tracing.current_traceparent(),
     )
+
+
+def _check_notify_host(rt: Runtime, url: str) -> None:
+    """An address literal is judged now (a name is judged when sending, once resolved)."""
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:
+        raise ValidationFailed("notify_url", "is not a valid URL") from None
+    if not host:
+        raise ValidationFailed("notify_url", "has no host")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    why = netguard.refusal(ip, netguard.parse_networks(rt.settings.notify.allowed_networks))
+    if why:
+        raise ValidationFailed(
+            "notify_url",
+            f"{ip} is not a public address ({why}); notify.allowed_networks can allow it",
+        )
 
 
 async def create_and_submit(
@@ -98,9 +132,24 @@ async def submit(rt: Runtime, task: Task) -> Task:
         ):
             submission = await provider.submit(task, target)
     except ProviderError as exc:
+        rt.troubles.failed("provider", task.provider, exc.message)
         log.warning("submission failed: %s", exc.message, extra=extra)
         failed = await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, exc.message)
         return failed or task
+    except Exception as exc:  # an answer the adapter could not read, or a bug: fail visibly
+        log.exception("submission crashed", extra=extra)
+        message = f"submission crashed: {type(exc).__name__}: {exc}"[:500]
+        failed = await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, message)
+        return failed or task
+    if submission.outcome is not None:
+        try:
+            submission = replace(
+                submission, outcome=check_outcome(submission.outcome, provider.name)
+            )
+        except BadRequest as exc:
+            failed = await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, exc.message)
+            return failed or task
+    rt.troubles.succeeded("provider", task.provider)
     conf = rt.settings.provider(task.provider)
     if submission.outcome is not None:
         first_poll = None

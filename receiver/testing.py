@@ -41,6 +41,7 @@ from .destinations import Destination
 from .errors import AlreadyExists, StoreError
 from .ledger.sqlite import MemoryLedger
 from .models import NewTask, Outcome, OutcomeStatus, ResultImage, Task
+from .providers import REGISTRY
 from .runtime import Clock, Runtime
 from .signatures import hook_token, standard_sign, task_secrets
 
@@ -327,6 +328,8 @@ def memory_settings(**overrides: Any) -> Settings:
         "destinations": {"local": {"type": "filesystem", "path": "/nonexistent/receiver"}},
         "notify": {"secret": NOTIFY_SECRET},
         "worker": {"retry_base_seconds": 1.0, "retry_max_seconds": 10.0},
+        # Every provider configured (no credentials): SimulatedApi answers their hosts.
+        "providers": {name: {} for name in REGISTRY},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -54,6 +54,14 @@ class ObjectView(View):
     )
 
 
+class RetryView(View):
+    """Why archiving is being retried, and when it runs again."""
+
+    attempts: int
+    last_error: str
+    next_attempt_at: float | None = Field(description="Unix time, seconds")
+
+
 class TaskView(View):
     """A task as ``GET /v1/tasks/{id}`` shows it."""
 
@@ -69,6 +77,9 @@ class TaskView(View):
     status: Status
     failure: FailureView | None = Field(description="Set when the status is failed")
     objects: list[ObjectView]
+    retry: RetryView | None = Field(
+        default=None, description="Set while archiving is being retried after an error"
+    )
     seed: int | None
     cost: str | None = Field(description="As the provider reports it")
     created_at: float = Field(description="Unix time, seconds")
@@ -91,6 +102,15 @@ class TaskView(View):
                 copy_fields(ObjectView, o, provenance=(o.sidecar or {}).get("provenance"))
                 for o in task.objects
             ],
+            retry=(
+                RetryView(
+                    attempts=task.attempts,
+                    last_error=task.last_error,
+                    next_attempt_at=task.next_attempt_at,
+                )
+                if task.last_error
+                else None
+            ),
             seed=task.outcome.seed if task.outcome else None,
             cost=task.outcome.cost if task.outcome else None,
         )
@@ -144,7 +164,10 @@ class HealthView(View):
 
 
 class ReadyView(View):
-    status: Literal["ready"]
+    status: Literal["ready", "degraded"] = Field(
+        description="degraded: still serving, but a destination or provider has been failing"
+    )
+    reasons: list[str] | None = None
 
 
 class StatusEvent(BaseModel):

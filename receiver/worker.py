@@ -31,6 +31,8 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 IMAGES_AT_ONCE = 4  # of one task, fetched and stored together
+# A job that crashes this many times parks its task as failed instead of retrying forever.
+CRASH_ATTEMPTS = 3
 
 
 class Worker:
@@ -94,15 +96,32 @@ class Worker:
             raise
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable during job %s: %s", job.id, exc)
-        except Exception:
+        except Exception as exc:
             log.exception("job crashed", extra={"job_id": job.id, "task_id": job.task_id})
             with contextlib.suppress(ReceiverError):
-                await self.rt.ledger.retry_job(job.id, self.rt.owner, "internal error", 5.0)
+                await self._crashed(job, exc)
         finally:
             heartbeat.cancel()
             self.inflight.pop(job.id, None)
             if self._wake is not None:
                 self._wake.set()  # a slot is free: claim again now, not at the next poll
+
+    async def _crashed(self, job: Job, exc: Exception) -> None:
+        """A job that crashes (a bug, or data nothing expected) is retried with backoff a few
+        times, then its task is parked as failed with the error: one poisoned task must not
+        loop forever or hold a worker slot every few seconds."""
+        message = f"archive step crashed: {type(exc).__name__}: {exc}"[:500]
+        if job.attempts >= min(CRASH_ATTEMPTS, self.conf.max_attempts):
+            task = await self.rt.ledger.get_task(job.task_id)
+            if task is not None:
+                await self._give_up(
+                    job, task, Reason.STORE_FAILED, f"{message} (after {job.attempts} attempts)"
+                )
+            return
+        delay = backoff.delay(
+            job.attempts, self.conf.retry_base_seconds, self.conf.retry_max_seconds
+        )
+        await self.rt.ledger.retry_job(job.id, self.rt.owner, message, delay)
 
     async def _heartbeat(self, job: Job) -> None:
         interval = max(0.2, self.conf.lease_seconds / 3)
@@ -150,12 +169,14 @@ class Worker:
                 await self._retry_or_fail(job, Reason.FETCH_FAILED, str(exc))
                 return
             except StoreError as exc:
+                self.rt.troubles.failed("destination", task.destination, str(exc))
                 if exc.permanent:
                     await self._give_up(job, task, Reason.STORE_FAILED, str(exc))
                 else:
                     await self._retry_or_fail(job, Reason.STORE_FAILED, str(exc))
                 return
             break
+        self.rt.troubles.succeeded("destination", task.destination)
         done = await ledger.finish_job(job.id, self.rt.owner, objects)
         if done is None:
             log.info("lease lost before finishing; another worker owns the job", extra=extra)
@@ -171,7 +192,7 @@ class Worker:
         if not provider.can_poll or not task.provider_task_id:
             return None
         try:
-            fresh = await provider.poll(task)
+            fresh = await provider.checked_poll(task)
         except ProviderError as exc:
             log.info("refresh by polling failed: %s", exc, extra={"task_id": task.id})
             return None
@@ -205,7 +226,14 @@ class Worker:
                 await self._give_up(job, task, reason, f"{message} (after {job.attempts} attempts)")
             return
         metrics.JOB_OUTCOMES.labels("retry").inc()
-        log.info("retrying in %.1fs: %s", delay, message, extra={"task_id": job.task_id})
+        # The first retry is routine; from the second on, something is wrong and persisting.
+        (log.warning if job.attempts > 1 else log.info)(
+            "retrying in %.1fs (attempt %d): %s",
+            delay,
+            job.attempts,
+            message,
+            extra={"task_id": job.task_id},
+        )
         await self.rt.ledger.retry_job(job.id, self.rt.owner, message, delay)
 
     async def archive(self, task: Task, outcome: Outcome) -> list[StoredObject]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from receiver.demo import free_port as free_port  # re-exported for the tests
 
@@ -153,4 +154,15 @@ def submit(
         json=body,
         headers={"authorization": f"Bearer {API_KEY}", **(headers or {})},
         timeout=30.0,
+    )
+
+
+def needs(binary: str, package: str) -> pytest.MarkDecorator:
+    """Skip, in one line naming the Debian package, when a real part the test drives is not
+    installed (a developer's machine); .ci/run installs it, so CI skips nothing."""
+    import shutil
+
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    return pytest.mark.skipif(
+        found is None, reason=f"{binary} is not installed (Debian package {package})"
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from ..errors import BadRequest, PayloadTooLarge, ReceiverError, ValidationFailed
+from .. import strictjson
+from ..errors import BadRequest, PayloadTooLarge, ReceiverError, RequestTimeout, ValidationFailed
 from ..runtime import Runtime
 from ..views import ErrorEnvelope
 
@@ -17,8 +18,14 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def render(view: BaseModel, status: int = 200) -> JSONResponse:
-    """A response from its view model (the model /openapi.json documents it with)."""
-    return JSONResponse(view.model_dump(mode="json"), status_code=status)
+    """A response from its view model (the model /openapi.json documents it with). A value
+    recorded before input was parsed strictly (NaN, a lone surrogate) is shown scrubbed
+    rather than answering 500."""
+    data = view.model_dump(mode="json")
+    try:
+        return JSONResponse(data, status_code=status)
+    except (ValueError, UnicodeEncodeError):
+        return JSONResponse(strictjson.scrub(data), status_code=status)
 
 
 def error_json(status: int, code: str, message: str) -> JSONResponse:
@@ -48,11 +55,26 @@ async def read_body(request: Request, cap: int) -> bytes:
             raise BadRequest("invalid Content-Length") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise PayloadTooLarge(f"body larger than {cap} bytes")
-        chunks.append(chunk)
+    timeout = runtime(request).settings.server.body_read_timeout_seconds
+    stream = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no body data for {timeout:g}s (server.body_read_timeout_seconds)"
+                ) from None
+            size += len(chunk)
+            if size > cap:
+                raise PayloadTooLarge(f"body larger than {cap} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The sender hung up mid-upload: nothing to answer and nothing went wrong here.
+        raise BadRequest("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -70,10 +92,9 @@ async def read_model(request: Request, model: type[M]) -> M:
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
+    """A request body: strict JSON (no NaN, Infinity, lone surrogates, NUL, deep nesting),
+    a bad value answered 422 naming its field."""
+    data = strictjson.loads(body)
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     return data

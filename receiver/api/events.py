@@ -18,16 +18,21 @@ from .tasks import require_task_access
 POLL_SECONDS = 1.0
 
 
+def _last_event_id(raw: str | None) -> int:
+    """Our ids are small sequence numbers; anything else (junk, beyond 64 bits) starts over."""
+    raw = (raw or "").strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        return 0
+    return int(raw)
+
+
 async def task_events(request: Request) -> Response:
     rt = runtime(request)
     task_id = request.path_params["task_id"]
     require_task_access(request, task_id)
     if await rt.ledger.get_task(task_id) is None:
         raise NotFound("no such task")
-    try:
-        after = int(request.headers.get("last-event-id") or 0)
-    except ValueError:
-        after = 0
+    after = _last_event_id(request.headers.get("last-event-id"))
 
     async def read() -> tuple[list[str], Next]:
         nonlocal after

@@ -19,6 +19,9 @@ async def readyz(request: Request) -> Response:
     if getattr(request.app.state, "draining", False):
         return error_json(503, "draining", "shutting down")
     await rt.ledger.ping()  # LedgerUnavailable is answered 503 by the app
+    reasons = rt.troubles.reasons()
+    if reasons:  # still ready (200): taking it out of rotation would not mend a store
+        return render(ReadyView(status="degraded", reasons=reasons))
     return render(ReadyView(status="ready"))
 
 

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import backoff
-from ..errors import LedgerUnavailable
+from ..errors import LedgerRefused, LedgerUnavailable
 from .base import Listener
 from .sql import SqlLedger, Tx, migrations
 
@@ -64,6 +64,11 @@ class PostgresLedger(SqlLedger):
             return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise LedgerUnavailable("postgresql: " + " ".join(str(exc).split())) from exc
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            # A value it cannot store (NUL in text, out of range): the data, not an outage.
+            raise LedgerRefused(
+                f"the ledger cannot record this value ({type(exc).__name__})"
+            ) from exc
 
     async def open(self) -> None:
         def fn() -> None:

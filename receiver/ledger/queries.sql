@@ -149,6 +149,10 @@ FROM notifications WHERE state IN ('queued', 'leased') GROUP BY state
 SELECT provider, COUNT(*) AS n, MIN(created_at) AS oldest
 FROM tasks WHERE status = 'submitted' GROUP BY provider
 
+-- name: job_of_task
+SELECT state, attempts, last_error, next_attempt_at FROM jobs
+WHERE task_id = :id ORDER BY id DESC LIMIT 1
+
 -- name: tasks_to_poll
 SELECT * FROM tasks
 WHERE status = 'submitted' AND next_poll_at IS NOT NULL AND next_poll_at <= :now

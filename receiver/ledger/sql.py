@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from .. import metrics, tracing
-from ..errors import LedgerUnavailable, NotFound
+from ..errors import LedgerRefused, LedgerUnavailable, NotFound
 from ..log import REQUEST_ID
 from ..models import (
     Event,
@@ -231,7 +231,12 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    """Strict: a NaN or Infinity would be written as invalid JSON that PostgreSQL refuses and
+    every later reader chokes on."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise LedgerRefused(f"cannot record a value that is not valid JSON: {exc}") from None
 
 
 class SqlLedger(Ledger):
@@ -412,7 +417,17 @@ class SqlLedger(Ledger):
         return await self._tx(fn)
 
     async def get_task(self, task_id: str) -> Task | None:
-        return await self._tx(lambda tx: self._get(tx, task_id), write=False)
+        def fn(tx: Tx) -> Task | None:
+            task = self._get(tx, task_id)
+            if task is not None and task.status is Status.COMPLETED:
+                job = tx.one("job_of_task", id=task_id)
+                if job is not None and job["state"] in ("queued", "leased"):
+                    task.attempts = int(job["attempts"])
+                    task.last_error = job["last_error"]
+                    task.next_attempt_at = job["next_attempt_at"] if job["last_error"] else None
+            return task
+
+        return await self._tx(fn, write=False)
 
     async def find_task(self, provider: str, provider_task_id: str) -> Task | None:
         def fn(tx: Tx) -> Task | None:

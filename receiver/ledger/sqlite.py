@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import ConfigError, LedgerUnavailable
+from ..errors import ConfigError, LedgerRefused, LedgerUnavailable
 from .sql import SqlLedger, Tx, migrations
 
 T = TypeVar("T")
@@ -76,8 +76,12 @@ class SqliteLedger(SqlLedger):
         try:
             # The caller's context goes along (request id on events), as asyncio.to_thread does.
             return await loop.run_in_executor(self._thread, contextvars.copy_context().run, fn)
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:  # locked, disk I/O, cannot open: an outage
             raise LedgerUnavailable(f"sqlite: {exc}") from exc
+        except sqlite3.Error as exc:  # a value it cannot bind or store: the data, not the disk
+            raise LedgerRefused(
+                f"the ledger cannot record this value ({type(exc).__name__})"
+            ) from exc
 
     async def open(self) -> None:
         def fn() -> None:

@@ -8,6 +8,8 @@ verifies the provider's callback signature. httpx errors are translated to
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -17,11 +19,19 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .. import backoff, tracing
+from .. import backoff, strictjson, tracing
 from ..config import ProviderSettings
-from ..errors import BadRequest, NotFound, ProviderError, ValidationFailed
+from ..errors import BadRequest, NotFound, ProviderError, ReceiverError, ValidationFailed
 from ..fetch import Fetcher
-from ..models import Outcome, Task
+from ..models import Outcome, OutcomeStatus, ResultImage, Task
+
+# More results than any documented model returns in one task (fal and Replicate: 4 or 8).
+MAX_IMAGES = 16
+# Provider bodies nest a few levels; anything deeper is refused before an adapter reads it.
+MAX_BODY_DEPTH = 64
+MAX_URL_CHARS = 16_384
+# Any expiry later than this (year 5138) is not a timestamp we understand.
+MAX_TIMESTAMP = 1e11
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,9 @@ class Provider(ABC):
     # per-request URLs), a callback is only a hint: its outcome is confirmed by reading the task
     # from the provider's API (``confirm_by_read``, on by default there).
     signs_callbacks: ClassVar[bool] = True
+    # The provider's own options in ``[providers.<name>]``; None: not declared, so only
+    # near misses of the common keys are refused (``api_kye``).
+    options: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -140,6 +153,39 @@ class Provider(ABC):
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
         raise BadRequest(f"{self.name} does not send callbacks")
+
+    def read_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        """:meth:`parse_callback` behind one defensive layer for every adapter: the body must
+        be strict JSON within a depth budget, any crash while reading it is a 400 naming the
+        provider, and the outcome is checked field by field (types, ranges, image count)."""
+        if body.lstrip()[:1] in (b"{", b"["):
+            strictjson.loads(body, max_depth=MAX_BODY_DEPTH, field_error=BadRequest)
+        try:
+            callback = self.parse_callback(headers, body)
+        except ReceiverError:
+            raise
+        except Exception as exc:  # a shape the adapter did not expect: the sender's fault
+            raise BadRequest(f"{self.name}: callback body not understood ({_why(exc)})") from None
+        outcome = check_outcome(callback.outcome, self.name)
+        return Callback(
+            delivery_key=_text(callback.delivery_key, 500) or "",
+            outcome=outcome,
+            provider_task_id=_task_id(callback.provider_task_id, self.name),
+        )
+
+    async def checked_poll(self, task: Task) -> Outcome:
+        """:meth:`poll` with the same defensive layer: an answer the adapter cannot read is a
+        ProviderError (retried, then given up), never a crash."""
+        try:
+            outcome = await self.poll(task)
+        except ReceiverError:
+            raise
+        except Exception as exc:
+            raise ProviderError(f"{self.name}: answer not understood ({_why(exc)})") from None
+        try:
+            return check_outcome(outcome, self.name)
+        except BadRequest as exc:
+            raise ProviderError(exc.message) from None
 
     async def verify_account_webhook(self, headers: Mapping[str, str], body: bytes) -> None:
         """Verify an account-level webhook with the configured ``webhook_secret``."""
@@ -244,7 +290,99 @@ def _retry_after(value: str | None) -> float:
 
 
 def json_body(response: httpx.Response, provider: str) -> Any:
+    """A provider's answer as strict JSON (depth-capped, no NaN or lone surrogates)."""
     try:
-        return response.json()
-    except ValueError as exc:
-        raise ProviderError(f"{provider}: response is not JSON") from exc
+        return strictjson.loads(response.content, max_depth=MAX_BODY_DEPTH, field_error=BadRequest)
+    except BadRequest as exc:
+        raise ProviderError(f"{provider}: response is not usable JSON: {exc.message}") from None
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _text(value: Any, limit: int) -> str | None:
+    """Free text from a provider (error codes, messages, cost) as a clean string: an object
+    where a string belongs is kept as its JSON, NUL and lone surrogates are dropped."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        try:
+            value = strictjson.dumps(value, sort_keys=True, default=str)
+        except (ValueError, TypeError):
+            value = repr(value)
+    value = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return str(value)[:limit]
+
+
+def _task_id(value: Any, provider: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > 500 or strictjson.problem(value):
+        raise BadRequest(f"{provider}: the task id in the answer is not a short string")
+    return value
+
+
+def check_outcome(outcome: Any, provider: str, *, max_images: int = MAX_IMAGES) -> Outcome:
+    """An adapter's outcome checked field by field before anything is recorded, so a value
+    of the wrong type or range can never reach the ledger, a sidecar or a response."""
+    if not isinstance(outcome, Outcome) or not isinstance(outcome.status, OutcomeStatus):
+        raise BadRequest(f"{provider}: the answer has no status we understand")
+    images = outcome.images
+    if not isinstance(images, tuple | list):
+        raise BadRequest(f"{provider}: the answer's images are not a list")
+    if len(images) > max_images:
+        raise BadRequest(
+            f"{provider}: {len(images)} images in one answer, over the cap of {max_images}"
+        )
+    checked = []
+    for i, img in enumerate(images):
+        if not isinstance(img, ResultImage):
+            raise BadRequest(f"{provider}: images[{i}] is not an image")
+        url = img.url
+        if url is not None and (
+            not isinstance(url, str)
+            or not url
+            or len(url) > MAX_URL_CHARS
+            or strictjson.problem(url)
+        ):
+            raise BadRequest(f"{provider}: images[{i}].url is not a usable URL")
+        if img.inline is not None and not isinstance(img.inline, bytes):
+            raise BadRequest(f"{provider}: images[{i}] inline data is not bytes")
+        if url is None and img.inline is None:
+            raise BadRequest(f"{provider}: images[{i}] has neither a URL nor data")
+        expires = img.expires_at
+        if expires is not None and (
+            isinstance(expires, bool)
+            or not isinstance(expires, int | float)
+            or not math.isfinite(expires)
+            or not 0 < expires < MAX_TIMESTAMP
+        ):
+            raise BadRequest(f"{provider}: images[{i}].expires_at is not a usable time")
+        checked.append(
+            dataclasses.replace(
+                img,
+                expires_at=float(expires) if expires is not None else None,
+                content_type=_text(img.content_type, 200),
+            )
+        )
+    seed = outcome.seed
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int)
+        or not (strictjson.INT_MIN <= seed <= strictjson.INT_MAX)
+    ):
+        seed = None
+    return dataclasses.replace(
+        outcome,
+        images=tuple(checked),
+        provider_task_id=_task_id(outcome.provider_task_id, provider),
+        error_code=_text(outcome.error_code, 200),
+        error_message=_text(outcome.error_message, 2000),
+        cost=_text(outcome.cost, 100),
+        seed=seed,
+        model=_text(outcome.model, 200),
+    )

@@ -86,6 +86,7 @@ class FalProvider(Provider):
     url_lifetime = 3600.0  # not published by fal: an assumption, see the module docstring
     callback_grace = 300.0
     secret_format = "hex"  # unused: fal signs with its own keys
+    options = ("jwks_url", "jwks_ttl_seconds", "jwks_min_refresh_seconds")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -56,6 +56,7 @@ class ReplicateProvider(Provider):
     url_lifetime = OUTPUT_LIFETIME
     callback_grace = 300.0
     secret_format = "whsec"
+    options = ("fetch_webhook_secret",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

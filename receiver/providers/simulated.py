@@ -28,6 +28,7 @@ class SimulatedProvider(Provider):
     url_lifetime = 600.0
     callback_grace = 60.0
     secret_format = "whsec"
+    options = ()
 
     def validate(self, model: str | None, prompt: str, params: Mapping[str, Any]) -> None:
         if not 1 <= len(prompt) <= 4000:

@@ -61,7 +61,12 @@ def sink() -> Iterator[Sink]:
 
 
 def _stack(make_stack: Any, faults: Faults | None = None, **kw: Any) -> Stack:
-    notify = {"secret": NOTIFY_SECRET, "retry_base_seconds": 0.2, "retry_max_seconds": 0.5}
+    notify = {
+        "secret": NOTIFY_SECRET,
+        "retry_base_seconds": 0.2,
+        "retry_max_seconds": 0.5,
+        "allowed_networks": ["127.0.0.0/8"],
+    }
     return make_stack(faults or Faults(delay=0.05), notify=notify, **kw)  # type: ignore[no-any-return]
 
 

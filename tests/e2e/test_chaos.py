@@ -29,7 +29,15 @@ from starlette.routing import Route
 
 from receiver.signatures import verify_standard
 from tests.conftest import SUMMARIES
-from tests.helpers import API_KEY, Proc, base_config, free_port, wait_http, write_config
+from tests.helpers import (
+    API_KEY,
+    Proc,
+    base_config,
+    free_port,
+    needs,
+    wait_http,
+    write_config,
+)
 
 TASKS = int(os.environ.get("CHAOS_TASKS", "1000"))
 COPIES = 2  # every callback delivered twice: 50% of callbacks are duplicates
@@ -102,6 +110,7 @@ http {{
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@needs("nginx", "nginx-light")
 def test_chaos_replicas_behind_nginx(tmp_path: Path, pg_dsn: str) -> None:
     from moto.server import ThreadedMotoServer
 
@@ -168,7 +177,12 @@ def test_chaos_replicas_behind_nginx(tmp_path: Path, pg_dsn: str) -> None:
         providers={
             "simulated": {"base_url": f"http://127.0.0.1:{sim_port}", "callback_grace_seconds": 120}
         },
-        notify={"secret": NOTIFY_SECRET, "retry_base_seconds": 0.5, "retry_max_seconds": 3.0},
+        notify={
+            "secret": NOTIFY_SECRET,
+            "retry_base_seconds": 0.5,
+            "retry_max_seconds": 3.0,
+            "allowed_networks": ["127.0.0.0/8"],
+        },
         worker={
             "concurrency": 16,
             "lease_seconds": 5.0,

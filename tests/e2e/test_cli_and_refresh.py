@@ -26,10 +26,12 @@ def cli(base: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_submit_wait_status_tasks_replay_redeliver(make_stack: Any, sink: Sink) -> None:  # noqa: F811
-    stack = make_stack(notify={"secret": NOTIFY_SECRET})
+    stack = make_stack(notify={"secret": NOTIFY_SECRET, "allowed_networks": ["127.0.0.0/8"]})
     done = cli(
         stack.base,
         "submit",
+        "--provider",
+        "simulated",
         "--prompt",
         "a kite",
         "--param",

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import uvicorn
 
 from receiver.app import create_app
 from receiver.config import load_settings
 from receiver.demo import free_port
+from tests.helpers import needs
 from tests.unit.test_infra import (
     PLACEHOLDER_SECRET,
     Stage,
@@ -80,7 +80,7 @@ def test_dockerfile_healthcheck_command_passes_on_a_live_app_and_fails_without_o
     assert run(free_port()) != 0
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+@needs("nginx", "nginx-light")
 def test_nginx_accepts_the_configuration(tmp_path: Path, compose: dict[str, Any]) -> None:
     conf = nginx_conf()
     # The upstream names resolve only on the compose network: point them at loopback.

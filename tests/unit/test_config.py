@@ -87,3 +87,55 @@ def test_postgres_ledger_without_the_extra_is_one_clear_line(
     message = caught.value.message
     assert "\n" not in message and "pip install 'flux-receiver[postgres]'" in message
     assert message.startswith("ledger_url: ")
+
+
+# --- issue 12, finding 11: configuration traps -------------------------------------------------
+
+
+def test_finding11_client_variables_never_reach_server_settings() -> None:
+    env = {"RECEIVER_SECRET_KEYS": KEY, "RECEIVER_URL": "http://x", "RECEIVER_API_KEY": "a"}
+    assert load_settings(None, env).public_url == "http://127.0.0.1:8000"
+
+
+def test_finding11_a_bad_variable_is_blamed_on_the_variable_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "receiver.toml"
+    path.write_text(f'secret_keys = ["{KEY}"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, {"RECEIVER_WORKER__CONCURRENCY": "many"})
+    assert err.value.message.endswith("[environment variable RECEIVER_WORKER__CONCURRENCY]")
+    path.write_text(f'secret_keys = ["{KEY}"]\n[worker]\nconcurrency = "many"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, {})
+    assert err.value.message.endswith(f"[{path}]")
+
+
+@pytest.mark.parametrize(
+    ("env", "start", "suggestion"),
+    [
+        ({"RECEIVER_SECRET_KEY": KEY}, "secret_key: unknown key", "secret_keys"),
+        ({"RECEIVER_WORKER__CONCURENCY": "2"}, "worker.concurency: unknown key", "concurrency"),
+        ({"RECEIVER_NOTIFY__SECRT": "x"}, "notify.secrt: unknown key", "secret"),
+        ({"RECEIVER_PROVIDERS__BLF__API_KEY": "x"}, "providers.blf: unknown provider", "bfl"),
+        ({"RECEIVER_PROVIDERS__BFL__API_KYE": "x"}, "providers.bfl.api_kye: unknown", "api_key"),
+        ({"RECEIVER_PROVIDERS__FAL__JWKS_UR": "x"}, "providers.fal.jwks_ur: unknown", "jwks_url"),
+        ({"RECEIVER_DEFAULT_PROVIDER": "replicat"}, "default_provider: unknown", "replicate"),
+    ],
+)
+def test_finding11_typos_are_named_with_a_did_you_mean(
+    env: dict[str, str], start: str, suggestion: str
+) -> None:
+    base = {} if "RECEIVER_SECRET_KEY" in env else {"RECEIVER_SECRET_KEYS": KEY}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {**base, **env})
+    message = err.value.message
+    assert message.startswith(start), message
+    assert f"did you mean {suggestion!r}" in message
+    assert "(and 1 more)" not in message and "\n" not in message
+
+
+def test_finding11_unknown_provider_options_are_refused_where_declared() -> None:
+    env = {"RECEIVER_SECRET_KEYS": KEY, "RECEIVER_PROVIDERS__FAL__TOTALLY_NEW": "1"}
+    with pytest.raises(ConfigError, match=r"providers\.fal\.totally_new: unknown option"):
+        load_settings(None, env)
+    ok = {"RECEIVER_SECRET_KEYS": KEY, "RECEIVER_PROVIDERS__FAL__JWKS_URL": "https://k.test/j"}
+    assert load_settings(None, ok).providers["fal"].option("jwks_url") == "https://k.test/j"

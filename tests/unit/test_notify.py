@@ -47,7 +47,9 @@ async def test_archived_task_is_pushed_signed_with_its_objects(rt: MemoryRuntime
     notifier = Notifier(rt)
     assert await notifier.send(await claim_one(rt))
     (request,) = rt.inbox.received
-    assert str(request.url) == "https://app.example/hooks/receiver"
+    # Sent to the address the guard checked, naming the host (as the fetcher does).
+    assert request.headers["host"] == "app.example" and request.url.path == "/hooks/receiver"
+    assert request.extensions.get("sni_hostname") == "app.example"
     payload = Webhook(NOTIFY_SECRET).verify(request.content, dict(request.headers))
     assert payload["type"] == "task.archived" and payload["id"] == request.headers["webhook-id"]
     assert payload["data"]["id"] == task.id and payload["data"]["status"] == "archived"

@@ -110,3 +110,27 @@ def test_the_testing_kit_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     exec(compile(match.group(1), "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
     out = capsys.readouterr().out
     assert out.startswith("archived ") and ".png.json" in out
+
+
+def test_every_environment_example_in_the_readme_loads() -> None:
+    """Issue 12, finding 11: the README's own ``RECEIVER_SECRET_KEYS=k1,k2`` was refused."""
+    from receiver.config import load_settings
+
+    examples = re.findall(r"`(RECEIVER_[A-Z_]+)=([^`\s]+)`", README)
+    assert len(examples) >= 3
+    for name, value in examples:
+        env = {"RECEIVER_SECRET_KEYS": "x" * 20, name: value}
+        if "DESTINATIONS__ARCHIVE" in name:  # completes the README's [destinations.archive]
+            env["RECEIVER_DESTINATIONS__ARCHIVE__TYPE"] = "s3"
+            env["RECEIVER_DEFAULT_DESTINATION"] = "archive"
+        load_settings(None, env)  # raises ConfigError naming the key if the example is wrong
+
+
+def test_the_readme_toml_example_loads(tmp_path: Path) -> None:
+    from receiver.config import load_settings
+
+    toml = re.search(r"A minimal `receiver.toml`:\n\n```toml\n(.*?)```", README, re.S)
+    assert toml
+    path = tmp_path / "receiver.toml"
+    path.write_text(toml.group(1))
+    assert load_settings(path, {}).providers["bfl"].api_key == "bfl-key"

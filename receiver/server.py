@@ -1,0 +1,124 @@
+"""uvicorn as we run it: slow clients cannot hold connections, headers are capped.
+
+uvicorn closes idle keep-alive connections but gives a client any time it likes to finish a
+request's headers (slowloris), and with httptools installed it has no header size cap. So we
+pin the h11 protocol (its ``h11_max_incomplete_event_size`` caps the header block) and give
+every request's headers a deadline; the body's per-read deadline is in
+:func:`receiver.api.common.read_body`. Behind nginx, nginx's own timeouts come first (README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .config import ServerSettings
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the headers of each request."""
+
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    _header_timer: asyncio.TimerHandle | None = None
+    _head: bytes = b""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        # h11 checks its size cap only while a header block is incomplete: a large block that
+        # arrives at once would pass. So the block is measured here, up to its blank line.
+        if self._header_timer is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if (end if end >= 0 else len(self._head)) > self.max_header_bytes:
+                self._refuse_headers()
+                return
+            if end >= 0:
+                self._head = b""
+        super().data_received(data)
+
+    def _refuse_headers(self) -> None:
+        self._disarm()
+        body = (
+            b'{"error":{"code":"headers_too_large","message":"request headers over '
+            + str(self.max_header_bytes).encode()
+            + b' bytes (server.max_header_bytes)"}}'
+        )
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            + b"content-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not before:
+            self._disarm()  # a request's headers are complete
+
+    def on_response_complete(self) -> None:
+        self._arm()  # the next request on this connection gets the same deadline
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head = b""
+        self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        waiting_for_headers = self.cycle is None or self.cycle.response_complete
+        if waiting_for_headers and not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol(header_timeout: float, max_header_bytes: int) -> type[GuardedH11Protocol]:
+    limits = {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes}
+    return type("ReceiverH11Protocol", (GuardedH11Protocol,), limits)
+
+
+def config(app: ASGIApp, server: ServerSettings, **kwargs: Any) -> uvicorn.Config:
+    """A uvicorn configuration with our limits (``server.*`` settings)."""
+    return uvicorn.Config(
+        app,
+        http=protocol(server.header_timeout_seconds, server.max_header_bytes),
+        h11_max_incomplete_event_size=server.max_header_bytes,
+        timeout_keep_alive=int(server.keepalive_seconds),
+        **kwargs,
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before announcing or starting anything, so a port in use is one clear line."""
+    from .errors import ReceiverError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ReceiverError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

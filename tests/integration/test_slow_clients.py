@@ -1,0 +1,118 @@
+"""Issue 12, finding 8: slow or oversized requests cannot hold a replica's connections.
+
+The real application under uvicorn as ``receiver serve`` configures it (receiver.server), on a
+loopback port, with raw sockets playing the slow client. Deadlines are set short so the test
+waits for an event (the server closing the connection), not for a clock."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from receiver import server as server_mod
+from receiver.app import create_app
+from receiver.config import load_settings
+from tests.helpers import free_port
+
+SECRET = "slow-client-secret-0123456789"
+
+
+@contextlib.contextmanager
+def serving(**server: object) -> Iterator[int]:
+    settings = load_settings(
+        None,
+        {},
+        {
+            "secret_keys": [SECRET],
+            "api_keys": ["api-key-0123"],
+            "ledger_url": "memory://",
+            "server": server,
+        },
+    )
+    port = free_port()
+    sock = server_mod.listen("127.0.0.1", port)
+    config = server_mod.config(
+        create_app(settings, background=False),
+        settings.server,
+        log_config=None,
+        access_log=False,
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if srv.started:
+            break
+        threading.Event().wait(0.01)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def closed_by_server(conn: socket.socket) -> bool:
+    """True once the server closes the connection (read returns EOF or a reset)."""
+    conn.settimeout(20)
+    try:
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_headers_that_never_finish_are_cut_off() -> None:
+    with serving(header_timeout_seconds=0.3) as port:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert closed_by_server(conn)
+        # A normal request on a fresh connection is unaffected.
+        ok = socket.create_connection(("127.0.0.1", port))
+        ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert ok.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_that_stalls_is_408() -> None:
+    with serving(body_read_timeout_seconds=0.3) as port:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            b'Authorization: Bearer api-key-0123\r\nConnection: close\r\n\r\n{"id":'
+        )
+        conn.settimeout(20)
+        answer = conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"server.body_read_timeout_seconds" in answer
+
+
+def test_an_oversized_header_block_is_refused() -> None:
+    with serving(max_header_bytes=16384) as port:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        conn.settimeout(20)
+        answer = conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 431"), answer
+        assert b"server.max_header_bytes" in answer
+        # Just under the cap passes.
+        ok = socket.create_connection(("127.0.0.1", port))
+        ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 15_000 + b"\r\n\r\n")
+        ok.settimeout(20)
+        assert ok.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_keep_alive_connections_get_the_header_deadline_again() -> None:
+    with serving(header_timeout_seconds=0.3, keepalive_seconds=30) as port:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.settimeout(20)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # then nothing more
+        assert closed_by_server(conn)
