@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from ..views import HealthView, ReadyView
 from .common import error_json, render, runtime
@@ -20,9 +20,9 @@ async def readyz(request: Request) -> Response:
         return error_json(503, "draining", "shutting down")
     await rt.ledger.ping()  # LedgerUnavailable is answered 503 by the app
     reasons = rt.troubles.reasons()
-    if reasons:  # still ready (200): taking it out of rotation would not mend a store
-        return render(ReadyView(status="degraded", reasons=reasons))
-    return render(ReadyView(status="ready"))
+    view = ReadyView(status="degraded", reasons=reasons) if reasons else ReadyView(status="ready")
+    # Degraded is still 200: taking the replica out of rotation would not mend a store.
+    return JSONResponse(view.model_dump(mode="json", exclude_none=True))
 
 
 async def metrics_endpoint(request: Request) -> Response:
