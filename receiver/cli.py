@@ -38,7 +38,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from . import log, tracing
     from . import server as server_mod
@@ -59,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=",".join(settings.server.trusted_proxies),
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 1,
     )
-    server = uvicorn.Server(config)
+    server = server_mod.Server(config, on_exit=app.state.runtime.begin_shutdown)
     server.run(sockets=[sock])
     return 0 if server.started else EXIT_FAILED
 

@@ -82,6 +82,9 @@ class Runtime:
         self.changes = Changes()
         self.clock = clock or Clock()
         self.troubles = Troubles(self.clock.now)
+        # Set when shutdown begins; event streams watch it (see begin_shutdown).
+        self.stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         if destinations is None:
             destinations = {
                 name: build_destination(name, conf) for name, conf in settings.destinations.items()
@@ -97,7 +100,17 @@ class Runtime:
         )
         self._providers: dict[str, Provider] = {}
 
+    def begin_shutdown(self) -> None:
+        """Shutdown has begun (SIGTERM): event streams end now, so open connections do not
+        hold back the drain; safe to call from a signal handler."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stopping.set)
+        else:
+            self.stopping.set()
+
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.ledger.open()
         await self.ledger.listen(self._on_ledger_change)
 

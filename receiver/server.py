@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -90,6 +92,20 @@ class GuardedH11Protocol(H11Protocol):
         waiting_for_headers = self.cycle is None or self.cycle.response_complete
         if waiting_for_headers and not self.transport.is_closing():
             self.transport.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the app the moment shutdown begins: uvicorn waits for open
+    connections before the lifespan's drain, and a server-sent event stream never finishes by
+    itself, so without this one open stream held the drain back by the whole graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 def protocol(header_timeout: float, max_header_bytes: int) -> type[GuardedH11Protocol]:

@@ -51,8 +51,12 @@ async def follow(
                 return
             if then == "again":
                 continue
+            if rt.stopping.is_set():
+                return  # shutting down: end now; the client reconnects to another replica
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll_seconds)
+                await asyncio.wait_for(_first(wake.wait(), rt.stopping.wait()), poll_seconds)
+            if rt.stopping.is_set():
+                return
             idle += poll_seconds
             if idle >= KEEPALIVE_SECONDS:
                 idle = 0.0
@@ -68,3 +72,13 @@ def sse_response(stream: AsyncIterator[str], cache_control: str = "no-cache") ->
         media_type="text/event-stream",
         headers={"cache-control": cache_control, "x-accel-buffering": "no"},
     )
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of ``waits`` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
