@@ -44,6 +44,44 @@ async def _ledger(settings: Settings) -> str:
     return f"{settings.ledger_url.split('@')[-1]} reachable, schema up to date"
 
 
+async def _public_url(settings: Settings) -> bool:
+    """Ask ``public_url`` to sign a nonce: providers call back there, so a wrong URL loses
+    every callback until the reconciler polls. Unreachable is a warning (the server may not be
+    started yet); reachable but not this configuration's server is a failure."""
+    import secrets
+
+    import httpx
+
+    from .signatures import probe_matches
+
+    nonce = secrets.token_hex(16)
+    what = "public_url"
+    try:
+        async with httpx.AsyncClient(timeout=5.0, follow_redirects=True) as client:
+            response = await client.get(f"{settings.public_url}/healthz", params={"probe": nonce})
+    except httpx.HTTPError as exc:
+        print(
+            f"warn  {what}: {settings.public_url} not reachable from here "
+            f"({type(exc).__name__}); start `receiver serve` and check again, or fix public_url",
+            flush=True,
+        )
+        return True
+    try:
+        answer = response.json().get("probe")
+    except (ValueError, AttributeError):
+        answer = None
+    if isinstance(answer, str) and probe_matches(settings.secret_keys, nonce, answer):
+        _line(True, what, f"{settings.public_url} reaches a receiver with these secret_keys")
+        return True
+    _line(
+        False,
+        what,
+        f"{settings.public_url} answers (HTTP {response.status_code}) but not as a receiver "
+        "with these secret_keys: callbacks sent there would be lost; fix public_url",
+    )
+    return False
+
+
 async def run_checks(settings: Settings) -> int:
     """One line per check; exit status 1 when any fails."""
     _line(
@@ -68,6 +106,7 @@ async def run_checks(settings: Settings) -> int:
         else:
             has_key = provider_conf.api_key
             _line(True, f"provider {name}", "api_key set" if has_key else "no key needed")
+    results.append(await _public_url(settings))
     if settings.notify.default_url and not settings.notify.secret:
         _line(False, "notify", "default_url is set but notify.secret (whsec_…) is missing")
         results.append(False)

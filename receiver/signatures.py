@@ -337,3 +337,18 @@ def verify_access_token(keys: Sequence[str], token: str, task_id: str, max_age: 
         raise Unauthorized("invalid access token") from None
     if not isinstance(data, str) or not _same(data, task_id):
         raise Unauthorized("access token is for another task")
+
+
+# --- public_url self-probe ------------------------------------------------------------------------
+
+PROBE_SALT = b"receiver.probe.v1:"
+
+
+def probe_answer(keys: Sequence[str], nonce: str) -> str:
+    """What ``/healthz?probe=nonce`` answers: proves the server holds ``keys[0]`` (a salt of
+    its own, so it can never stand in for a hook token, access token or task secret)."""
+    return hmac.new(keys[0].encode(), PROBE_SALT + nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def probe_matches(keys: Sequence[str], nonce: str, answer: str) -> bool:
+    return any(_same(probe_answer([key], nonce), answer) for key in keys)

@@ -161,6 +161,11 @@ class RedeliveryView(View):
 
 class HealthView(View):
     status: Literal["ok"]
+    probe: str | None = Field(
+        default=None,
+        description="With ?probe=NONCE: an HMAC of the nonce under the first secret key, so "
+        "`receiver check` can tell that public_url reaches a server with its configuration",
+    )
 
 
 class ReadyView(View):

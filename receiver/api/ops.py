@@ -6,12 +6,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..signatures import probe_answer
 from ..views import HealthView, ReadyView
 from .common import error_json, render, runtime
 
 
 async def healthz(request: Request) -> Response:
-    return render(HealthView(status="ok"))
+    nonce = request.query_params.get("probe")
+    if nonce and len(nonce) <= 64 and nonce.isascii():
+        keys = runtime(request).settings.secret_keys
+        return render(HealthView(status="ok", probe=probe_answer(keys, nonce)))
+    return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:

@@ -211,10 +211,18 @@ class FalProvider(Provider):
         min_refresh = float(self.settings.option("jwks_min_refresh_seconds", 30.0))
         if self._jwks_data is not None and time.monotonic() - self._jwks_at < min_refresh:
             return self._jwks_data
-        response = await self.request("GET", self.jwks_url, retry_429=1)
-        data = json_body(response, self.name)
+        try:
+            response = await self.request("GET", self.jwks_url, retry_429=1)
+            data = json_body(response, self.name)
+        except ProviderError as exc:  # name what to change, not only what failed
+            raise ProviderError(
+                f"fal: cannot read the signing keys from {self.jwks_url} "
+                f"(providers.fal.jwks_url): {exc.message}"
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise ProviderError("fal: JWKS answer has no keys")
+            raise ProviderError(
+                f"fal: the JWKS at {self.jwks_url} has no keys (providers.fal.jwks_url)"
+            )
         self._jwks_data, self._jwks_at = data, time.monotonic()
         return data
 

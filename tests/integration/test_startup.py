@@ -122,3 +122,57 @@ def test_status_json_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
         assert "Traceback" not in err and "BrokenPipe" not in err
     finally:
         server.shutdown()
+
+
+# --- finding 13: `check` proves public_url reaches this server ---------------------------------
+
+
+def _check(tmp_path: Path, public_url: str) -> subprocess.CompletedProcess[str]:
+    config = write_config(tmp_path, base_config(tmp_path, public_url=public_url), "check.toml")
+    return run("check", "--config", str(config), cwd=tmp_path)
+
+
+def test_check_signs_a_probe_through_public_url(tmp_path: Path) -> None:
+    from tests.helpers import Proc, wait_http
+
+    port = free_port()
+    config = write_config(tmp_path, base_config(tmp_path, public_url=f"http://127.0.0.1:{port}"))
+    server = Proc(["serve", "--port", str(port), "--config", str(config)], tmp_path / "s.log")
+    server.start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=server.proc)
+        done = _check(tmp_path, f"http://127.0.0.1:{port}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert any(
+            line.startswith("ok") and "public_url" in line and "these secret_keys" in line
+            for line in done.stdout.splitlines()
+        ), done.stdout
+        # Another configuration's keys: the same server is not "this" server.
+        other = base_config(
+            tmp_path, public_url=f"http://127.0.0.1:{port}", secret_keys=["another-key-0123456789"]
+        )
+        done = run("check", "--config", str(write_config(tmp_path, other, "o.toml")), cwd=tmp_path)
+        assert done.returncode == 1
+        [line] = [ln for ln in done.stdout.splitlines() if "public_url" in ln]
+        assert line.startswith("FAIL") and "callbacks sent there would be lost" in line
+    finally:
+        server.stop()
+
+
+def test_check_fails_when_public_url_is_some_other_server(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Task)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = _check(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert done.returncode == 1
+    [line] = [ln for ln in done.stdout.splitlines() if "public_url" in ln]
+    assert line.startswith("FAIL") and "fix public_url" in line
+
+
+def test_check_only_warns_when_public_url_is_not_up_yet(tmp_path: Path) -> None:
+    done = _check(tmp_path, f"http://127.0.0.1:{free_port()}")
+    [line] = [ln for ln in done.stdout.splitlines() if "public_url" in ln]
+    assert line.startswith("warn") and "not reachable" in line
+    assert done.returncode == 0, done.stdout + done.stderr

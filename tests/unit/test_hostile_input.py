@@ -499,3 +499,20 @@ def test_finding12_text_logs_keep_the_traceback_and_scrub_it() -> None:
     assert line.startswith("error   receiver.worker: job crashed")
     assert "Traceback (most recent call last)" in line and "ValueError" in line
     assert "SECRET" not in line
+
+
+# --- 13. fal without a reachable JWKS names the setting ----------------------------------------
+
+
+async def test_finding13_unreachable_fal_jwks_names_the_setting() -> None:
+    from receiver.errors import ProviderError
+    from tests.unit.hostile_kit import FAL_JWKS
+
+    async with harness() as h:
+        h.side.override = lambda r: httpx.Response(503) if str(r.url) == FAL_JWKS else None
+        body = b'{"request_id": "r1", "status": "OK", "payload": {}}'
+        provider = h.rt.provider("fal")
+        with pytest.raises(ProviderError) as caught:
+            await provider.verify_callback(h.fal_signed("r1", body), body, [])
+        assert "providers.fal.jwks_url" in caught.value.message
+        assert FAL_JWKS in caught.value.message
