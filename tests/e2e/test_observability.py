@@ -327,7 +327,7 @@ def test_one_trace_from_submit_to_notify_when_another_process_takes_the_callback
         conf = base_config(
             tmp_path,
             public_url=f"http://127.0.0.1:{port_b}",  # providers call back process B
-            notify={"secret": NOTIFY_SECRET},
+            notify={"secret": NOTIFY_SECRET, "allowed_networks": ["127.0.0.0/8"]},
             **shared,
         )
         conf["providers"] = {"simulated": {"base_url": sim_url, "api_key": "sim-key"}}
