@@ -315,6 +315,7 @@ async def gallery(request: Request) -> Response:
     args = _filter_args(request.query_params)
     where = parse_filter(args)
     cursor = request.query_params.get("cursor") or None
+    read_at = time.time()  # before the read: a change committed during it is streamed too
     started = time.perf_counter()
     tasks, next_cursor = await console.rt.ledger.search_tasks(where, cursor=cursor, limit=PAGE)
     elapsed = time.perf_counter() - started
@@ -328,7 +329,7 @@ async def gallery(request: Request) -> Response:
         query=query,
         cursor=cursor,
         next_url=("/ui/?" + urlencode({**args, "cursor": next_cursor})) if next_cursor else None,
-        live_url=None if cursor else "/ui/live?" + urlencode({**args, "since": time.time()}),
+        live_url=None if cursor else "/ui/live?" + urlencode({**args, "since": read_at}),
         choices=_choices(console),
         query_ms=elapsed * 1000,
         failed_filter=where.status in (None, Status.FAILED),
