@@ -91,7 +91,9 @@ def result_body(sim: Simulator, task: SimTask) -> dict[str, Any]:
 def webhook_body(sim: Simulator, task: SimTask) -> dict[str, Any]:
     """BFL's documented webhook example: ``{"id","status":"Ready","result":{"sample","prompt",
     "seed"},"timestamp"}``; failure ``{"id","status":"Error","error","message","timestamp"}``."""
-    stamp = int(task.completed_at or time.time())
+    # An ISO 8601 string, as in BFL's examples ("2025-01-15T10:30:00Z").
+    moment = datetime.fromtimestamp(task.completed_at or time.time(), UTC)
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     if task.status == "succeeded":
         return {
             "id": task.id,

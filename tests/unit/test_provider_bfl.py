@@ -162,7 +162,7 @@ def test_delivery_key_is_stable_and_names_id_and_status() -> None:
     cb = make().parse_callback({}, body)
     assert cb.delivery_key.startswith("3f2a9c1e-7b4d-4e8a-9c21-5d6e7f809a1b:Ready:")
     assert cb.delivery_key == make().parse_callback({}, body).delivery_key
-    changed = body.replace(b"1795169100", b"1795169101")
+    changed = body.replace(b"10:05:00Z", b"10:05:01Z")
     assert delivery_key(json.loads(changed), changed) != cb.delivery_key
 
 
