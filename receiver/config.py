@@ -64,6 +64,10 @@ class WorkerSettings(_Section):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     reconcile_interval: float = Field(default=5.0, gt=0)
     delivery_retention_days: float = Field(default=8.0, ge=7.0)
+    # Finished (done or dead) archive jobs and notifications, and the events of final tasks,
+    # are deleted this long after they last changed; tasks themselves are kept.
+    job_retention_days: float = Field(default=30.0, gt=0)
+    event_retention_days: float = Field(default=90.0, gt=0)
 
 
 class ServerSettings(_Section):

@@ -2,7 +2,8 @@
 
 A task with no callback within its provider's grace period is polled; poll-only providers
 (APIMart) are polled on a schedule from submission with backoff. It also keeps the queue gauges
-fresh and forgets delivery ids past their retention.
+fresh and, hourly, deletes what is past its retention: delivery ids, finished jobs and
+notifications, and the events of long-final tasks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Reconciler:
         self.rt = runtime
         self._stopping = asyncio.Event()
         self._last_purge = 0.0
+        self._events_cutoff = 0.0
         self._providers_seen: set[str] = set()
 
     def stop(self) -> None:
@@ -49,14 +51,28 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
+    async def purge(self, now: float) -> None:
+        """Retention, hourly: delivery ids, finished jobs and notifications, old events."""
+        conf = self.rt.settings.worker
+        await self.rt.ledger.purge_deliveries(now - conf.delivery_retention_days * 86400)
+        events_before = now - conf.event_retention_days * 86400
+        counts = await self.rt.ledger.purge_history(
+            jobs_before=now - conf.job_retention_days * 86400,
+            events_before=events_before,
+            # Tasks before the last cutoff were done then: each pass scans one hour's worth.
+            events_after=self._events_cutoff,
+        )
+        self._events_cutoff = events_before
+        if any(counts.values()):
+            log.info("retention: deleted %s", ", ".join(f"{n} {t}" for t, n in counts.items()))
+
     async def tick(self) -> int:
         """One pass; returns how many tasks were polled."""
         ledger = self.rt.ledger
         self.export(await ledger.backlog())
         now = self.rt.clock.now()
         if now - self._last_purge > 3600:
-            retention = self.rt.settings.worker.delivery_retention_days * 86400
-            await ledger.purge_deliveries(now - retention)
+            await self.purge(now)
             self._last_purge = now
         tasks = await ledger.tasks_to_poll(100)
         await asyncio.gather(*(self._guarded_poll(task) for task in tasks))

@@ -242,6 +242,14 @@ class Ledger(ABC):
     async def purge_deliveries(self, older_than: float) -> int:
         """Forget delivery keys received before ``older_than`` (retention >= 7 days)."""
 
+    @abstractmethod
+    async def purge_history(
+        self, *, jobs_before: float, events_before: float, events_after: float = 0.0
+    ) -> dict[str, int]:
+        """Delete finished (done or dead) jobs and notifications last changed before
+        ``jobs_before``, and every event of a final task last changed in
+        [``events_after``, ``events_before``). The task rows stay. Counts by table."""
+
     # --- the console (not abstract: only the SQL ledgers implement them) ------------------
 
     async def search_tasks(

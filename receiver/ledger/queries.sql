@@ -235,3 +235,24 @@ WHERE updated_at >= :since AND status = 'failed' GROUP BY failure_reason
 -- name: notification_backlog
 SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM notifications
 WHERE state IN ('queued', 'leased', 'dead') GROUP BY state
+
+-- name: purge_jobs
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE state IN ('done', 'dead') AND updated_at < :before LIMIT :batch
+)
+
+-- name: purge_notifications
+DELETE FROM notifications WHERE id IN (
+    SELECT id FROM notifications
+    WHERE state IN ('done', 'dead') AND created_at < :before LIMIT :batch
+)
+
+-- name: purge_events
+DELETE FROM events WHERE task_id IN (
+    SELECT id FROM tasks
+    WHERE updated_at >= :after AND updated_at < :before AND status IN ('archived', 'failed')
+      AND EXISTS (
+        SELECT 1 FROM events e WHERE e.task_id = tasks.id
+    )
+    LIMIT :batch
+)

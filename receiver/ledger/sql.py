@@ -214,6 +214,7 @@ def _task(row: Row) -> Task:
 
 
 GROUP_MAX = 64  # calls sharing one group commit at most
+PURGE_BATCH = 5000  # rows (events: tasks) deleted per retention transaction
 _Waiting = tuple[contextvars.Context, Callable[["Tx"], Any], "asyncio.Future[Any]"]
 
 
@@ -739,6 +740,31 @@ class SqlLedger(Ledger):
 
     async def purge_deliveries(self, older_than: float) -> int:
         return await self._tx(lambda tx: tx.run("purge_deliveries", before=older_than))
+
+    async def purge_history(
+        self, *, jobs_before: float, events_before: float, events_after: float = 0.0
+    ) -> dict[str, int]:
+        counts = {"jobs": 0, "notifications": 0, "events": 0}
+        plan: list[tuple[str, str, dict[str, float]]] = [
+            ("jobs", "purge_jobs", {"before": jobs_before}),
+            ("notifications", "purge_notifications", {"before": jobs_before}),
+            ("events", "purge_events", {"before": events_before, "after": events_after}),
+        ]
+
+        def batch(query: str, params: dict[str, float]) -> Callable[[Tx], int]:
+            def step(tx: Tx) -> int:
+                return tx.run(query, batch=PURGE_BATCH, **params)
+
+            return step
+
+        for table, query, params in plan:
+            # Small transactions, so intake and workers never wait behind a long delete.
+            while True:
+                done = await self._tx(batch(query, params))
+                counts[table] += done
+                if done == 0 or (table != "events" and done < PURGE_BATCH):
+                    break
+        return counts
 
     # --- the console ---------------------------------------------------------------------------
 

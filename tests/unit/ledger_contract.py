@@ -421,6 +421,34 @@ class LedgerContract:
         )
         assert not res.duplicate
 
+    async def test_purge_history_keeps_tasks_and_anything_live(self, ledger: Ledger) -> None:
+        hook = "https://app.example/hook"
+        done, _ = await ledger.create_task(new(notify_url=hook))
+        failed, _ = await ledger.create_task(new())
+        live, _ = await ledger.create_task(new())
+        for task, key in ((done, "d"), (live, "l")):
+            await ledger.record_outcome(task.id, OK, provider="s", delivery_key=key, deadline=None)
+        await ledger.fail_task(failed.id, Reason.PROVIDER_ERROR, "boom")
+        jobs = {j.task_id: j for j in await ledger.claim_jobs("w1", 5, 30)}
+        await ledger.finish_job(jobs[done.id].id, "w1", [obj(done.id)])
+        (note,) = await ledger.claim_notifications("n1", 5, 30)
+        await ledger.finish_notification(note.id, "n1")
+
+        past = time.time() - 3600
+        nothing = await ledger.purge_history(jobs_before=past, events_before=past)
+        assert nothing == {"jobs": 0, "notifications": 0, "events": 0}
+        soon = time.time() + 1
+        counts = await ledger.purge_history(jobs_before=soon, events_before=soon)
+        assert counts["jobs"] == 1 and counts["notifications"] == 1
+        assert counts["events"] == len(["submitted", "completed", "archived"]) + 2
+        for task in (done, failed, live):
+            assert await ledger.get_task(task.id) is not None  # tasks are kept
+        assert await ledger.events(done.id) == [] and await ledger.events(failed.id) == []
+        assert [e.status for e in await ledger.events(live.id)] == ["submitted", "completed"]
+        assert await ledger.extend_lease(jobs[live.id].id, "w1", 30)  # the live job is there
+        again = await ledger.purge_history(jobs_before=soon, events_before=soon)
+        assert again == {"jobs": 0, "notifications": 0, "events": 0}
+
     async def test_listeners_hear_every_change_before_the_call_returns(
         self, ledger: Ledger
     ) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from receiver import metrics
 from receiver.errors import LedgerUnavailable
-from receiver.models import NewTask, Outcome, OutcomeStatus, Status, Task
+from receiver.models import NewTask, Outcome, OutcomeStatus, Reason, Status, Task
 from receiver.reconciler import GIVE_UP_SECONDS, Reconciler
 from receiver.testing import MemoryRuntime
 
@@ -132,6 +132,22 @@ async def test_purges_old_delivery_ids_at_most_hourly(rt: MemoryRuntime) -> None
         task.id, pending, provider="simulated", delivery_key="d1", deadline=None
     )
     assert third.duplicate
+
+
+async def test_retention_deletes_old_finished_jobs_and_events_keeping_tasks(
+    rt: MemoryRuntime,
+) -> None:
+    task = await rt.submitted_task()
+    await rt.ledger.fail_task(task.id, Reason.PROVIDER_ERROR, "boom")
+    conf = rt.settings.worker
+    reconciler = Reconciler(rt)
+    rt.clock.advance(conf.event_retention_days * 86400 - 60)
+    await reconciler.tick()  # not old enough yet
+    assert await rt.ledger.events(task.id) != []
+    rt.clock.advance(3600 + 120)  # an hour on (purges are hourly), and past the retention
+    await reconciler.tick()
+    assert await rt.ledger.events(task.id) == []
+    assert (await get(rt, task)).status is Status.FAILED
 
 
 async def test_run_survives_errors_and_stops(rt: MemoryRuntime) -> None:
