@@ -117,9 +117,18 @@ class Infra:
 
     def start(self) -> Infra:
         self.origin.start()
-        self.s3.start()
         wait_http(f"http://127.0.0.1:{self.origin_port}/", self.origin)
-        wait_http(self.endpoint, self.s3, timeout=60)
+        for attempt in range(3):
+            self.s3.start()
+            try:
+                wait_http(self.endpoint, self.s3, timeout=60)
+                break
+            except RuntimeError:  # exited early: a port taken between choosing and binding
+                if attempt == 2:
+                    raise
+                self.s3_port = free_port()
+                make = s3server.seaweed_child if self.store == "seaweedfs" else s3server.moto_child
+                self.s3 = make(self.tmp, self.s3_port)
         self.client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
@@ -409,6 +418,149 @@ def run(
         "baseline": (Contender("httpx+boto3", count, size), run_baseline),
     }
     for _ in range(runs):  # interleaved, so drift in the machine hits everyone alike
+        for contender, fn in contenders.values():
+            infra.reset()
+            contender.samples.append(
+                with_store_cpu(infra, fn, tmp, count, size, concurrency, timeout)
+            )
+    infra.reset()
+    return {key: c for key, (c, _) in contenders.items()}
+
+
+def wait_final_pg(url: str, count: int, timeout: float) -> tuple[int, int, float]:
+    """As wait_final, on a PostgreSQL ledger."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'archived'), "
+                "count(*) FILTER (WHERE status = 'failed'), max(archived_at) FROM tasks"
+            ).fetchone()
+            assert row is not None
+            archived, failed, last = int(row[0]), int(row[1]), float(row[2] or 0.0)
+            if archived + failed >= count:
+                return archived, failed, last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{archived + failed}/{count} tasks final after {timeout:g}s")
+            time.sleep(0.05)
+
+
+def run_postgres_processes(
+    infra: Infra,
+    tmp: Path,
+    pg_dsn: str,
+    count: int,
+    size: int,
+    concurrency: int,
+    processes: int,
+    timeout: float,
+) -> Sample:
+    """``receiver serve`` on a PostgreSQL ledger, plus ``processes - 1`` ``receiver worker``
+    processes sharing it (each with ``worker.concurrency`` slots): the replicas' layout.
+    CPU is every process's together."""
+    from . import intake
+    from .common import write_config
+
+    name = f"receiver_bench_workers_{processes}"
+    url = intake.scratch_database(pg_dsn, name, create=True)
+    children: list[Child] = []
+    prefix = f"pg{processes}"
+    try:
+        port = free_port()
+        conf = receiver_config(
+            tmp,
+            port,
+            ledger_url=url,
+            s3_endpoint=infra.endpoint,
+            bucket=BUCKET,
+            prefix=prefix,
+            concurrency=concurrency,
+        )
+        tasks = asyncio.run(create_tasks(url, count, conf["default_destination"]))
+        children.append(start_receiver(tmp, f"{prefix}-serve", conf, port))
+        config = write_config(tmp / f"{prefix}-serve.toml", conf)
+        for n in range(processes - 1):
+            children.append(
+                Child(
+                    f"{prefix}-worker-{n}",
+                    python("receiver", "worker", "--config", str(config)),
+                    tmp / f"{prefix}-worker-{n}.log",
+                ).start()
+            )
+        time.sleep(1.0)  # the workers connect and start listening
+        listing = infra.listing(count, size)
+        signer = Signer()
+        callbacks = [
+            signer.sign(tid, succeeded(ptid, [f"{listing}img_{i:05d}.png"], seed=i), f"m_{tid}")
+            for i, (tid, ptid) in enumerate(tasks)
+        ]
+        cpu0 = sum(cpu_seconds(c.pid) for c in children)
+        t0 = time.time()
+        asyncio.run(post_all(f"http://127.0.0.1:{port}", callbacks, concurrency))
+        _, failed, last = wait_final_pg(url, count, timeout)
+        if failed:
+            raise RuntimeError(f"{prefix}: {failed} tasks failed; see {tmp}")
+        sample = Sample(
+            seconds=last - t0,
+            peak_rss_mib=max(c.peak_rss_mib() for c in children),
+            cpu_seconds=sum(cpu_seconds(c.pid) for c in children) - cpu0,
+            objects=infra.count(prefix),
+        )
+    finally:
+        for child in reversed(children):
+            child.stop()
+        intake.scratch_database(pg_dsn, name, create=False)
+    return sample
+
+
+def run_processes(
+    infra: Infra,
+    tmp: Path,
+    pg_dsn: str,
+    *,
+    count: int,
+    size: int,
+    concurrency: int,
+    runs: int,
+) -> dict[str, Contender]:
+    """One process against two sharing PostgreSQL, interleaved."""
+    timeout = max(120.0, count * size / MiB / 5)
+    out = {
+        1: Contender("receiver, PostgreSQL, 1 process", count, size),
+        2: Contender("receiver, PostgreSQL, 2 processes", count, size),
+    }
+    for _ in range(runs):
+        for processes, contender in out.items():
+            infra.reset()
+            contender.samples.append(
+                with_store_cpu(
+                    infra,
+                    run_postgres_processes,
+                    tmp,
+                    pg_dsn,
+                    count,
+                    size,
+                    concurrency,
+                    processes,
+                    timeout,
+                )
+            )
+    infra.reset()
+    return {f"pg{k}": v for k, v in out.items()}
+
+
+def run_moto(
+    infra: Infra, tmp: Path, *, count: int, size: int, concurrency: int, runs: int
+) -> dict[str, Contender]:
+    """The receiver and rclone against moto: the earlier S3 server, kept as a second row."""
+    timeout = max(120.0, count * size / MiB / 5)
+    contenders = {
+        "receiver": (Contender("receiver (moto)", count, size), run_receiver),
+        "rclone": (Contender("rclone (moto)", count, size), run_rclone),
+    }
+    for _ in range(runs):
         for contender, fn in contenders.values():
             infra.reset()
             contender.samples.append(
