@@ -60,8 +60,16 @@ def hook_token(keys: Sequence[str], task_id: str, provider: str) -> str:
 def verify_hook_token(keys: Sequence[str], token: str, provider: str) -> str:
     """Return the task id the token was issued for; SignatureError unless it is ours and for
     this provider."""
+    return _verified_hook_token(tuple(keys), token, provider)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified_hook_token(keys: tuple[str, ...], token: str, provider: str) -> str:
+    # Remembered once verified (a task's callbacks and retries reuse its token; the answer
+    # for the same keys, token and provider never changes). Refusals raise, so a forged
+    # token is never remembered.
     try:
-        data = _hook_serializer(tuple(keys)).loads(token)
+        data = _hook_serializer(keys).loads(token)
     except BadSignature:
         raise SignatureError("invalid callback token", cause="token") from None
     if (

@@ -84,6 +84,9 @@ class S3Store(Destination):
             },
             connect_timeout=10,
             read_timeout=60,
+            # Our own code builds every request's parameters; botocore's check of them cost
+            # about 0.35 ms of CPU per small PUT (a third of an image's three objects' worth).
+            parameter_validation=False,
         )
         # One client made up front and shared by the threads (creating clients in threads is
         # not thread-safe).
