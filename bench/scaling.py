@@ -311,9 +311,7 @@ def measure(
     child = start_receiver(tmp, f"scaling-{backend}-{tasks}", conf, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        result = intake._measure(
-            f"scaling-{backend}", base, child, tmp, made, opt, None, database
-        )
+        result = intake._measure(f"scaling-{backend}", base, child, tmp, made, opt, None, database)
         fig.intake_rps = result.rps
         fig.intake_cpu_us = result.cpu_us
         fig.list_ms = _list_cost(base, 30)
