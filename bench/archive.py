@@ -170,12 +170,13 @@ class Infra:
             if keys:
                 self.client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
 
-    def count(self, prefix: str) -> int:
+    def count(self, prefix: str, suffix: str = "") -> int:
+        """Objects under ``prefix/`` whose keys end with ``suffix``."""
         total = 0
         for page in self.client.get_paginator("list_objects_v2").paginate(
             Bucket=BUCKET, Prefix=prefix + "/"
         ):
-            total += page.get("KeyCount", 0)
+            total += sum(1 for o in page.get("Contents", []) if o["Key"].endswith(suffix))
         return total
 
     def stop(self) -> None:
@@ -300,12 +301,15 @@ def run_receiver(
             seconds=last - t0,
             peak_rss_mib=rr.child.peak_rss_mib(),
             cpu_seconds=cpu_seconds(rr.child.pid) - cpu0,
-            objects=infra.count("receiver"),
+            objects=infra.count("receiver", ".png"),
         )
     finally:
         rr.child.stop()
-    if sample.objects != 2 * count:
-        raise RuntimeError(f"receiver stored {sample.objects} objects, expected {2 * count}")
+    sidecars = infra.count("receiver", ".png.json")
+    if sample.objects != count or sidecars != count:
+        raise RuntimeError(
+            f"receiver stored {sample.objects} images and {sidecars} sidecars, expected {count}"
+        )
     return sample
 
 
@@ -506,8 +510,10 @@ def run_postgres_processes(
             seconds=last - t0,
             peak_rss_mib=max(c.peak_rss_mib() for c in children),
             cpu_seconds=sum(cpu_seconds(c.pid) for c in children) - cpu0,
-            objects=infra.count(prefix),
+            objects=infra.count(prefix, ".png"),
         )
+        if sample.objects != count:
+            raise RuntimeError(f"{prefix}: {sample.objects} images stored, expected {count}")
     finally:
         for child in reversed(children):
             child.stop()
