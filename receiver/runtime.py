@@ -15,7 +15,7 @@ import socket
 import time
 from collections import defaultdict
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -114,7 +114,7 @@ class Runtime:
         await self.ledger.open()
         await self.ledger.listen(self._on_ledger_change)
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

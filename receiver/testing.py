@@ -367,10 +367,6 @@ class MemoryRuntime(Runtime):
     def store(self) -> MemoryDestination:
         return self.stores[self.settings.default_destination]
 
-    async def __aenter__(self) -> MemoryRuntime:
-        await self.open()
-        return self
-
     # --- shortcuts for arranging a test ----------------------------------------------------
 
     async def submitted_task(self, **fields: Any) -> Task:
