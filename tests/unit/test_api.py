@@ -481,3 +481,16 @@ async def test_bulk_replay_counts_first_then_acts_on_exactly_those(
     bad = await api.post("/v1/tasks/redeliver", json={"filter": {"colour": 1}}, headers=AUTH)
     assert bad.status_code == 422 and error_code(bad) == "validation_failed"
     assert (await api.post("/v1/tasks/replay", json={}, headers={})).status_code == 401
+
+
+async def test_bodies_past_the_cap_are_refused_while_streaming(api: httpx.AsyncClient) -> None:
+    """No Content-Length (chunked): the cap is enforced as the body arrives."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 65536
+
+    response = await api.post("/v1/tasks", content=chunks(), headers=AUTH)
+    assert response.status_code == 413 and error_code(response) == "payload_too_large"
+    bad = await api.post("/v1/tasks", content=b"{}", headers={**AUTH, "content-length": "x"})
+    assert bad.status_code == 400 and error_code(bad) == "bad_request"
