@@ -107,6 +107,16 @@ async def run_checks(settings: Settings) -> int:
             has_key = provider_conf.api_key
             _line(True, f"provider {name}", "api_key set" if has_key else "no key needed")
     results.append(await _public_url(settings))
+    if settings.provenance.read_c2pa:
+        from .provenance import reader_version
+
+        reader = reader_version()
+        detail = reader or (
+            "c2pa-python cannot be loaded, so every sidecar would say skipped: install it, "
+            "or set provenance.read_c2pa = false"
+        )
+        _line(reader is not None, "provenance", detail)
+        results.append(reader is not None)
     if settings.notify.default_url and not settings.notify.secret:
         _line(False, "notify", "default_url is set but notify.secret (whsec_…) is missing")
         results.append(False)

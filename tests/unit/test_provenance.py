@@ -343,3 +343,23 @@ def test_xmp_sidecar_can_be_turned_off(tmp_path: Path) -> None:
     env = {"RECEIVER_PROVENANCE__XMP_SIDECAR": "false"}
     assert load_settings(None, env, base_config(tmp_path)).provenance.xmp_sidecar is False
     assert sidecar.xmp_key("2026/01/01/t/0.png") == "2026/01/01/t/0.png.xmp"
+
+
+async def test_check_names_the_reader_and_fails_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.check import run_checks
+
+    settings = load_settings(None, {}, base_config(tmp_path, ledger_url="memory://"))
+    assert await run_checks(settings) == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if "provenance:" in ln]
+    assert line.startswith("ok") and "c2pa-python" in line
+
+    monkeypatch.setattr(provenance, "reader_version", lambda: None)
+    assert await run_checks(settings) == 1
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if "provenance:" in ln]
+    assert line.startswith("FAIL") and "provenance.read_c2pa = false" in line
+    off = load_settings(
+        None, {}, base_config(tmp_path, ledger_url="memory://", provenance={"read_c2pa": False})
+    )
+    assert await run_checks(off) == 0
