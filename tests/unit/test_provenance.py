@@ -17,13 +17,14 @@ import httpx
 import pytest
 
 from receiver import provenance, sidecar
+from receiver.app import create_app
 from receiver.config import ProvenanceSettings, load_settings
 from receiver.errors import ConfigError
 from receiver.models import NewTask, Outcome, OutcomeStatus, ResultImage, Status
 from receiver.runtime import Runtime
 from receiver.worker import Worker
 from tests import c2pa_kit as kit
-from tests.helpers import base_config
+from tests.helpers import API_KEY, base_config
 
 pytest.importorskip("c2pa")
 pytestmark = pytest.mark.anyio
@@ -260,10 +261,19 @@ async def test_worker_archives_every_image_with_its_provenance(
             await worker.process(job)
 
         blocks: dict[str, dict[str, Any]] = {}
+        app = create_app(settings, runtime=rt, background=False)
+        api = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://receiver.test",
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
         for path, task_id in ids.items():
             task = await rt.ledger.get_task(task_id)
             assert task is not None and task.status is Status.ARCHIVED, (path, task)
-            [obj] = task.public()["objects"]
+            # What the task API answers (GET /v1/tasks/{id}), as an application reads it.
+            answer = await api.get(f"/v1/tasks/{task_id}")
+            assert answer.status_code == 200, answer.text
+            [obj] = answer.json()["objects"]
             image = Path(obj["uri"].removeprefix("file://"))
             assert image.read_bytes() == served[path]  # the provider's bytes, unchanged
             doc = json.loads(Path(obj["sidecar_uri"].removeprefix("file://")).read_bytes())
@@ -271,6 +281,7 @@ async def test_worker_archives_every_image_with_its_provenance(
             blocks[path] = doc["provenance"]
             xmp = ET.parse(f"{image}.xmp").getroot()  # noqa: S314 (our own output)
             assert xmp.tag == "{adobe:ns:meta/}xmpmeta"
+        await api.aclose()
     finally:
         await rt.close()
 
