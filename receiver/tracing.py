@@ -71,7 +71,7 @@ def setup(environ: Mapping[str, str] | None = None) -> bool:
     if not asked or wanted == "none" or env.get("OTEL_SDK_DISABLED", "").lower() in _TRUE:
         return False
     if not AVAILABLE:
-        log.warning("OTEL_* is set but the [otel] extra is not installed; tracing is off")
+        log.warning("OTEL_* is set but tracing is not installed (flux-receiver[otel]); it is off")
         return False
     try:
         from opentelemetry.sdk.resources import Resource
