@@ -110,7 +110,10 @@ class Reconciler:
             metrics.OLDEST_SUBMITTED.labels(label).set(waiting.get(label, (0, 0.0))[1])
             if label == "other":
                 continue
-            provider = self.rt.provider(label)
+            try:
+                provider = self.rt.provider(label)
+            except ReceiverError:  # a provider that cannot be built has no figures to show
+                continue
             conf = self.rt.settings.provider(label)
             if conf.callback_grace_seconds is not None:
                 grace = conf.callback_grace_seconds

@@ -23,6 +23,7 @@ from receiver import tracing
 from receiver.app import routes
 from receiver.log import ContextFilter, JsonFormatter
 from receiver.middleware import RequestObserver, request_id, route_template
+from receiver.models import Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -250,3 +251,42 @@ trace.get_tracer_provider().shutdown()
     assert '"name": "receiver.archive"' in result.stdout
     assert '"name": "ledger finish_job"' in result.stdout
     assert "claim_jobs" not in result.stdout and '"service.name": "svc-x"' in result.stdout
+
+
+# --- the backlog gauges ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_reconciler_exports_the_backlog_and_each_providers_figures() -> None:
+    from prometheus_client import REGISTRY
+
+    from receiver.reconciler import Reconciler
+    from receiver.testing import memory_runtime
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    async with memory_runtime(providers={"bfl": {"callback_grace_seconds": 42}}) as rt:
+        reconciler = Reconciler(rt)
+        waiting = await rt.submitted_task()
+        url = rt.origin.serve_image("https://cdn.example/b.png")
+        await rt.completed_task([url])
+        rt.clock.advance(30)
+        await reconciler.tick()
+        assert value("receiver_provider_callback_grace_seconds", provider="bfl") == 42
+        assert value("receiver_provider_url_lifetime_seconds", provider="bfl") == 600
+        assert value("receiver_submitted_tasks", provider="simulated") == 1
+        assert value("receiver_submitted_tasks", provider="bfl") == 0
+        assert value("receiver_oldest_submitted_task_seconds", provider="simulated") == 30
+        assert value("receiver_queue_depth", state="queued") == 1
+        assert value("receiver_oldest_unfinished_job_seconds", provider="simulated") == 30
+        # Once the work is done the series stay, at zero, so alerts resolve.
+        (job,) = await rt.ledger.claim_jobs(rt.owner, 5, 60)
+        await rt.ledger.finish_job(job.id, rt.owner, [])
+        await rt.ledger.fail_task(waiting.id, Reason.PROVIDER_ERROR, "gave up")
+        await reconciler.tick()
+        assert value("receiver_submitted_tasks", provider="simulated") == 0
+        assert value("receiver_oldest_submitted_task_seconds", provider="simulated") == 0
+        assert value("receiver_queue_depth", state="queued") == 0
+        assert value("receiver_oldest_unfinished_job_seconds", provider="simulated") == 0
+        assert value("receiver_notifications_pending", state="queued") == 2
