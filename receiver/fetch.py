@@ -41,6 +41,7 @@ SPOOL_BYTES = 512 * 1024  # per download in memory; larger bodies go to a tempor
 # Bodies of a declared length are held in memory whole while all of them together stay under
 # this; the rest spool as above. Bounds memory whatever the concurrency.
 MEMORY_BUDGET_BYTES = 32 * 1024 * 1024
+MEMORY_BODY_BYTES = 4 * 1024 * 1024  # larger bodies always spool: a few hold the budget
 DOWNLOAD_THREADS = 64
 SNIFF_BYTES = 32
 EXPIRED_STATUSES = {403, 404, 410}
@@ -289,7 +290,7 @@ class Fetcher:
 
     def _spool(self, declared: int | None) -> tuple[IO[bytes], Callable[[], None] | None]:
         """Memory for a body of known length while the budget lasts, else a spooled file."""
-        if declared is not None and self.budget.take(declared):
+        if declared is not None and declared <= MEMORY_BODY_BYTES and self.budget.take(declared):
             return io.BytesIO(), lambda: self.budget.give(declared)
         return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES), None
 

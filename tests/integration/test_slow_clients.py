@@ -7,10 +7,12 @@ waits for an event (the server closing the connection), not for a clock."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 from collections.abc import Iterator
 
+import pytest
 import uvicorn
 
 from receiver import server as server_mod
@@ -19,6 +21,14 @@ from receiver.config import load_settings
 from tests.helpers import free_port
 
 SECRET = "slow-client-secret-0123456789"
+
+
+@pytest.fixture(autouse=True, params=["httptools", "h11"])
+def http_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both guarded protocols: httptools (what serve uses) and h11."""
+    chosen = functools.partial(server_mod.protocol, h11=request.param == "h11")
+    monkeypatch.setattr(server_mod, "protocol", chosen)
+    return str(request.param)
 
 
 @contextlib.contextmanager
