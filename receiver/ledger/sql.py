@@ -672,6 +672,9 @@ class SqlLedger(Ledger):
     # --- events, polling, notifications ----------------------------------------------------
 
     async def events(self, task_id: str, after_seq: int = 0) -> list[Event]:
+        # A client's cursor (Last-Event-ID, ?after=) beyond a 64-bit column means "nothing new".
+        after_seq = max(0, min(after_seq, 2**63 - 1))
+
         def fn(tx: Tx) -> list[Event]:
             return [
                 Event(r["task_id"], r["seq"], r["status"], r["at"], json.loads(r["data"]))

@@ -516,3 +516,10 @@ async def test_finding13_unreachable_fal_jwks_names_the_setting() -> None:
             await provider.verify_callback(h.fal_signed("r1", body), body, [])
         assert "providers.fal.jwks_url" in caught.value.message
         assert FAL_JWKS in caught.value.message
+
+
+async def test_finding5_an_event_cursor_beyond_64_bits_reads_nothing_new() -> None:
+    async with harness() as h:
+        task = await h.submit()
+        assert await h.rt.ledger.events(task["id"], 10**400) == []
+        assert len(await h.rt.ledger.events(task["id"], -(10**400))) >= 1
