@@ -60,15 +60,30 @@ def _delivery_key(callback: Callback, body: bytes) -> str:
 
 
 async def _record(
-    rt: Runtime, provider: Provider, task_id: str, callback: Callback, body: bytes
+    rt: Runtime,
+    provider: Provider,
+    task_id: str,
+    callback: Callback,
+    body: bytes,
+    *,
+    bound: bool = False,
 ) -> Accepted:
+    """Record the delivery; with ``bound`` the callback must also speak of the provider task
+    we submitted, or of none (a validly signed callback for another request is refused: fal
+    signs per account, not per task), checked in the same transaction."""
     result = await rt.ledger.record_outcome(
         task_id,
         callback.outcome,
         provider=provider.name,
         delivery_key=_delivery_key(callback, body),
         deadline=provider.deadline_for(callback.outcome, rt.clock.now()),
+        provider_task_id=callback.provider_task_id if bound else None,
     )
+    if result.mismatch:
+        raise SignatureError(
+            f"{provider.name}: the callback is for another provider task than this URL's",
+            cause="mismatch",
+        )
     if result.task is None:
         raise NotFound("no such task")
     status: Literal["accepted", "duplicate"] = "duplicate" if result.duplicate else "accepted"
@@ -106,8 +121,7 @@ async def accept_callback(
             callback = confirmed
         else:
             callback = provider.read_callback(headers, body)
-        await _bound_to_task(rt, task_id, provider.name, callback.provider_task_id)
-        accepted = await _record(rt, provider, task_id, callback, body)
+        accepted = await _record(rt, provider, task_id, callback, body, bound=True)
     log.info(
         "callback %s (%s)",
         accepted.status,
@@ -134,23 +148,6 @@ async def _confirmed(
         outcome=outcome,
         provider_task_id=outcome.provider_task_id,
     )
-
-
-async def _bound_to_task(
-    rt: Runtime, task_id: str, provider: str, provider_task_id: str | None
-) -> None:
-    """A callback speaks of the provider task we submitted, or of none: a validly signed
-    callback for another request (fal signs per account, not per task) is refused."""
-    if provider_task_id is None:
-        return
-    task = await rt.ledger.get_task(task_id)
-    if task is None:
-        raise NotFound("no such task")
-    if task.provider_task_id is not None and task.provider_task_id != provider_task_id:
-        raise SignatureError(
-            f"{provider}: the callback is for another provider task than this URL's",
-            cause="mismatch",
-        )
 
 
 async def accept_account_webhook(

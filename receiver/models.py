@@ -220,11 +220,13 @@ class Notification:
 
 @dataclass(frozen=True)
 class RecordResult:
-    """What one callback changed: ``duplicate`` means nothing."""
+    """What one callback changed: ``duplicate`` means nothing, nor does ``mismatch`` (the
+    callback named another provider task than the one recorded for this task)."""
 
     duplicate: bool
     task: Task | None
     job_enqueued: bool = False
+    mismatch: bool = False
 
 
 @dataclass(frozen=True)

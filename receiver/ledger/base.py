@@ -121,8 +121,12 @@ class Ledger(ABC):
         provider: str,
         delivery_key: str | None,
         deadline: float | None,
+        provider_task_id: str | None = None,
     ) -> RecordResult:
         """Apply one provider outcome in one transaction.
+
+        - ``provider_task_id`` given and the task has a different one recorded: nothing
+          changes, ``RecordResult(mismatch=True)`` (the delivery is not remembered).
 
         - ``delivery_key`` seen before for this provider (within retention): nothing changes,
           ``RecordResult(duplicate=True, task=current)``.

@@ -35,12 +35,15 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 class PostgresLedger(SqlLedger):
     dialect = "postgres"
-    group_flushers = 4
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__()
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.pool_size = pool_size
+        # Group commits in flight at once: most of the pool, two connections left for the
+        # workers, the reconciler and the notifier (8 of 10 gave 0.58 x SQLite's callbacks/s
+        # against 0.48 x with 2 or 4, in the same runs).
+        self.group_flushers = max(1, pool_size - 2)
         self._pool: ConnectionPool[Any] | None = None
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._listen_task: asyncio.Task[None] | None = None

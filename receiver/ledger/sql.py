@@ -242,7 +242,7 @@ def _dumps(value: Any) -> str:
 
 class SqlLedger(Ledger):
     dialect: str
-    # Group commits in flight at once: SQLite has one writer; PostgreSQL overlaps a few so
+    # Group commits in flight at once: SQLite has one writer; PostgreSQL overlaps several so
     # one group's round trips do not hold up the next.
     group_flushers = 1
 
@@ -482,11 +482,15 @@ class SqlLedger(Ledger):
         provider: str,
         delivery_key: str | None,
         deadline: float | None,
+        provider_task_id: str | None = None,
     ) -> RecordResult:
         def fn(tx: Tx) -> RecordResult:
             task = self._get(tx, task_id)
             if task is None:
                 return RecordResult(duplicate=False, task=None)
+            known = task.provider_task_id
+            if provider_task_id is not None and known is not None and known != provider_task_id:
+                return RecordResult(duplicate=False, task=task, mismatch=True)
             if delivery_key is not None:
                 fresh = tx.one(
                     "insert_delivery", provider=provider, key=delivery_key, task_id=task_id

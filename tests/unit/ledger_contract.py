@@ -157,6 +157,20 @@ class LedgerContract:
         assert sum(not r.duplicate for r in results) == 3
         assert len(await ledger.claim_jobs("w", 50, 30)) == 1
 
+    async def test_an_outcome_for_another_provider_task_changes_nothing(
+        self, ledger: Ledger
+    ) -> None:
+        task, _ = await ledger.create_task(new())
+        await ledger.mark_submitted(task.id, "p-1", next_poll_at=None)
+        other = await ledger.record_outcome(
+            task.id, OK, provider="s", delivery_key="k", deadline=None, provider_task_id="p-2"
+        )
+        assert other.mismatch and not other.job_enqueued
+        mine = await ledger.record_outcome(
+            task.id, OK, provider="s", delivery_key="k", deadline=None, provider_task_id="p-1"
+        )
+        assert not mine.mismatch and not mine.duplicate and mine.job_enqueued  # key not kept
+
     async def test_callbacks_arriving_together_share_a_commit(self, ledger: Ledger) -> None:
         """Group commit: concurrent outcomes take fewer transactions than callers, each caller
         gets its own answer, and each event keeps its own caller's request id."""
