@@ -494,3 +494,13 @@ async def test_bodies_past_the_cap_are_refused_while_streaming(api: httpx.AsyncC
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
     bad = await api.post("/v1/tasks", content=b"{}", headers={**AUTH, "content-length": "x"})
     assert bad.status_code == 400 and error_code(bad) == "bad_request"
+
+
+async def test_health_probe_proves_the_server_holds_the_configured_key(
+    rt: MemoryRuntime, api: httpx.AsyncClient
+) -> None:
+    from receiver.signatures import probe_matches
+
+    answer = (await api.get("/healthz", params={"probe": "n-123"})).json()["probe"]
+    assert probe_matches(rt.settings.secret_keys, "n-123", answer)
+    assert "probe" not in (await api.get("/healthz", params={"probe": "é" * 3})).json()
