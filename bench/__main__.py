@@ -57,8 +57,8 @@ def plan(quick: bool) -> dict[str, Any]:
             runs=3, seconds=6, warmup=2, threads=1, connections=32, tasks=500, prepared=40000
         ),
         "archive": {"count": 1000, "size": 2 * MiB, "runs": 2},
-        "moto": {"count": 300, "size": 2 * MiB, "runs": 1},
-        "processes": {"count": 500, "size": 2 * MiB, "runs": 1},
+        "moto": {"count": 200, "size": 2 * MiB, "runs": 1},
+        "processes": {"count": 300, "size": 2 * MiB, "runs": 1},
         "latency": {"rate": 10.0, "seconds": 15.0, "size": 2 * MiB, "runs": 2},
         "memory": {"count": 64, "size": 8 * MiB, "runs": 2},
         "scaling": {
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if found["receiver"].objects_per_s < found["rclone"].objects_per_s:
                 say("archive: diagnostic run, worker.poll_interval = 0.05 s")
-                n = min(a["count"], 300)
+                n = min(a["count"], 200)
                 diag = archive.Contender(f"receiver, poll 0.05 s, {n} images", n, a["size"])
                 infra.reset()
                 diag.samples.append(

@@ -130,21 +130,20 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 )
     if "scaling" in r:
         for backend, empty, big in _scaling_pairs(r["scaling"]):
-            rate = _ratio(big.intake_rps, empty.intake_rps)
-            claim = _ratio(big.claim_ms, empty.claim_ms)
+            intake_cpu = _ratio(big.intake_cpu_us, empty.intake_cpu_us)
+            claim = _ratio(big.claim_cpu_ms, empty.claim_cpu_ms)
             listing = max(
-                (_ratio(big.list_ms[k], empty.list_ms[k]) for k in empty.list_ms),
+                (_ratio(big.list_cpu_ms[k], empty.list_cpu_ms[k]) for k in empty.list_cpu_ms),
                 default=float("nan"),
             )
             rows.append(
                 (
-                    f"{backend}, {big.tasks:,} tasks vs empty: intake, claim and list within "
-                    f"{SCALING_GOAL:.0%}",
-                    f"intake {rate:.2f} x the callbacks/s, claim {claim:.2f} x and list "
-                    f"(slowest of three) {listing:.2f} x the time",
-                    rate >= 1 - SCALING_GOAL
-                    and claim <= 1 + SCALING_GOAL
-                    and listing <= 1 + SCALING_GOAL,
+                    f"{backend}, {big.tasks:,} tasks vs a near-empty ledger ({empty.tasks}): "
+                    f"intake, claim and list within {SCALING_GOAL:.0%} (CPU per unit)",
+                    f"intake {intake_cpu:.2f} x the CPU per callback "
+                    f"({_ratio(big.intake_rps, empty.intake_rps):.2f} x the callbacks/s), "
+                    f"claim {claim:.2f} x, list {listing:.2f} x (slowest of three kinds)",
+                    max(intake_cpu, claim, listing) <= 1 + SCALING_GOAL,
                 )
             )
     if "memory" in r:
@@ -174,9 +173,9 @@ def _scaling_pairs(res: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     for fig in res["figures"]:
         by.setdefault(fig.backend, {})[fig.tasks] = fig
     return [
-        (backend, sizes[0], sizes[res["big"]])
+        (backend, sizes[res["small"]], sizes[res["big"]])
         for backend, sizes in by.items()
-        if 0 in sizes and res["big"] in sizes
+        if res["small"] in sizes and res["big"] in sizes
     ]
 
 
@@ -428,55 +427,58 @@ def _scaling(r: dict[str, Any], add: Any) -> None:
     from .intake import wrk_command_text
 
     res = r["scaling"]
+    add(f"## Ledger size: {res['big']:,} tasks against a near-empty ledger\n")
     add(
-        "## Ledger size: 1,000,000 tasks against an empty ledger\n"
-        if res["big"] == 1_000_000
-        else f"## Ledger size: {res['big']:,} tasks against an empty ledger\n"
-    )
-    add(
-        "The big ledger is loaded through SQL (bench/scaling.py): one task is made through the "
+        "The ledgers are loaded through SQL (bench/scaling.py): one task is made through the "
         "ledger's own methods and archived with a real sidecar, and its rows (task, three "
-        "events, job, notification; the console's search index by its trigger on SQLite) are "
-        f"copied {res['big']:,} times with new ids, spread over 90 days. It is kept between "
-        "runs (a newer schema is applied to it by the receiver's own migrations). On each "
-        "ledger: intake is wrk against `receiver serve` as "
-        "in section 1 "
-        f"(`{wrk_command_text(r['plan']['scaling']['intake'])}`); claim is the wall time per "
-        "job to enqueue it (a `succeeded` outcome), claim it 16 at a time and finish it, "
-        "through the ledger's methods, for 400 jobs; list is the median of 30 `GET /v1/tasks` "
-        "requests of each kind. Bytes per task: the database on disk over its tasks.\n"
+        "events, job, notification; on SQLite the console's search index by its trigger) are "
+        f"copied with new ids, spread over 90 days: {res['big']:,} times for the big ledger, "
+        f"{res['small']} times for the near-empty one (so a page of 50 archived tasks is "
+        "full on both). The big ones are kept between runs (a newer schema is applied by the "
+        "receiver's own migrations). On each ledger: intake is wrk against `receiver serve` "
+        f"as in section 1 (`{wrk_command_text(r['plan']['scaling']['intake'])}`); claim is "
+        "one job's enqueue (a `succeeded` outcome), claim (16 at a time) and finish through "
+        "the ledger's methods, for 400 jobs; list is 100 `GET /v1/tasks` requests of each "
+        "kind. CPU is the process doing the work (the server, or the bench for claims) plus, "
+        "on PostgreSQL, the database's backends: the figure the goal is judged by, as "
+        "wall-clock times move with the other load. Bytes per task: the database on disk "
+        "(WAL included) over its tasks.\n"
     )
     add(
         "| Ledger | Tasks | Load | Bytes per task | Callbacks/s | CPU per callback "
-        "| Claim per job | List newest 50 | List archived 50 | Second page |"
+        "| Claim per job (CPU) | List newest 50 (CPU) | List archived 50 (CPU) "
+        "| Second page (CPU) |"
     )
     add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    kinds = ("newest 50", "archived, newest 50", "second page")
     for fig in res["figures"]:
-        load = (
-            f"{fig.load_seconds:.0f} s"
-            if fig.load_seconds
-            else ("-" if not fig.tasks else "cached")
-        )
-        size = f"{fig.bytes_per_task:,.0f}" if fig.tasks else "-"
+        load = f"{fig.load_seconds:.0f} s" if fig.load_seconds else "cached"
+        if fig.tasks == res["small"]:
+            load = "-"
+        size = f"{fig.bytes_per_task:,.0f}" if fig.tasks == res["big"] else "-"
         lists = " | ".join(
-            f"{fig.list_ms.get(k, float('nan')):.1f} ms"
-            for k in ("newest 50", "archived, newest 50", "second page")
+            f"{fig.list_ms.get(k, float('nan')):.1f} ms ({fig.list_cpu_ms.get(k, 0):.1f} ms)"
+            for k in kinds
         )
         add(
             f"| {fig.backend} | {fig.tasks:,} | {load} | {size} | {fig.intake_rps:,.0f} "
-            f"| {fig.intake_cpu_us:,.0f} µs | {fig.claim_ms:.2f} ms | {lists} |"
+            f"| {fig.intake_cpu_us:,.0f} µs | {fig.claim_ms:.2f} ms ({fig.claim_cpu_ms:.2f} ms) "
+            f"| {lists} |"
         )
     add("")
-    add("| Ledger | Callbacks/s, big / empty | CPU per callback | Claim | List (each kind) |")
+    add(
+        "| Ledger | Callbacks/s, big / near-empty | CPU per callback | Claim CPU "
+        "| List CPU (newest, archived, second page) |"
+    )
     add("|---|---:|---:|---:|---|")
     for backend, empty, big in _scaling_pairs(res):
         lists = ", ".join(
-            f"{_ratio(big.list_ms[k], empty.list_ms[k]):.2f} x" for k in empty.list_ms
+            f"{_ratio(big.list_cpu_ms[k], empty.list_cpu_ms[k]):.2f} x" for k in kinds
         )
         add(
             f"| {backend} | {_ratio(big.intake_rps, empty.intake_rps):.2f} x "
             f"| {_ratio(big.intake_cpu_us, empty.intake_cpu_us):.2f} x "
-            f"| {_ratio(big.claim_ms, empty.claim_ms):.2f} x | {lists} |"
+            f"| {_ratio(big.claim_cpu_ms, empty.claim_cpu_ms):.2f} x | {lists} |"
         )
     add("")
 

@@ -31,8 +31,10 @@ from . import intake
 from .common import (
     API_KEY,
     PROVIDER,
+    cpu_seconds,
     create_tasks,
     free_port,
+    processes_cpu,
     receiver_config,
     start_receiver,
 )
@@ -51,7 +53,9 @@ class Figures:
     intake_rps: float = 0.0
     intake_cpu_us: float = 0.0
     claim_ms: float = 0.0  # wall time per job: enqueue + claim + finish
+    claim_cpu_ms: float = 0.0  # CPU per job: this process (all threads) + database backends
     list_ms: dict[str, float] = field(default_factory=dict)
+    list_cpu_ms: dict[str, float] = field(default_factory=dict)  # server + backends, per request
 
 
 async def _template(ledger_url: str) -> str:
@@ -226,7 +230,7 @@ def postgres_bytes(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def _claim_cost(ledger_url: str, jobs: int) -> float:
+async def _claim_cost(ledger_url: str, jobs: int, database: str | None) -> tuple[float, float]:
     """Wall milliseconds per job: the outcome that enqueues it, its claim (16 at a time, as
     a worker with 16 slots does) and its finish, through the ledger's methods."""
     from receiver.ledger import open_ledger
@@ -237,6 +241,7 @@ async def _claim_cost(ledger_url: str, jobs: int) -> float:
     await ledger.open()
     try:
         start = time.perf_counter()
+        cpu0 = time.process_time() + _backends(database)
         for task_id, ptid in made:
             outcome = Outcome(
                 OutcomeStatus.SUCCEEDED,
@@ -265,15 +270,25 @@ async def _claim_cost(ledger_url: str, jobs: int) -> float:
                 )
                 await ledger.finish_job(job.id, "bench", [obj])
             done += len(claimed)
-        return (time.perf_counter() - start) / jobs * 1000
+        cpu = time.process_time() + _backends(database) - cpu0
+        return (time.perf_counter() - start) / jobs * 1000, cpu / jobs * 1000
     finally:
         await ledger.close()
 
 
-def _list_cost(base: str, requests: int) -> dict[str, float]:
-    """Median milliseconds per ``GET /v1/tasks`` request of three kinds."""
+def _backends(database: str | None) -> float:
+    """CPU seconds of the PostgreSQL backends serving ``database`` (0 for SQLite)."""
+    return processes_cpu(f" {database} ") if database else 0.0
+
+
+def _list_cost(
+    base: str, requests: int, pid: int, database: str | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per ``GET /v1/tasks`` request of three kinds: median milliseconds, and the server's
+    (plus the database backends') CPU milliseconds."""
     headers = {"authorization": f"Bearer {API_KEY}"}
     out: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         first = client.get("/v1/tasks", params={"limit": 50})
         first.raise_for_status()
@@ -285,13 +300,15 @@ def _list_cost(base: str, requests: int) -> dict[str, float]:
         }
         for name, params in kinds.items():
             times = []
+            cpu0 = cpu_seconds(pid) + _backends(database)
             for _ in range(requests):
                 t0 = time.perf_counter()
                 r = client.get("/v1/tasks", params=params)
                 times.append((time.perf_counter() - t0) * 1000)
                 r.raise_for_status()
             out[name] = statistics.median(times)
-    return out
+            cpu[name] = (cpu_seconds(pid) + _backends(database) - cpu0) / requests * 1000
+    return out, cpu
 
 
 def measure(
@@ -314,16 +331,19 @@ def measure(
         result = intake._measure(f"scaling-{backend}", base, child, tmp, made, opt, None, database)
         fig.intake_rps = result.rps
         fig.intake_cpu_us = result.cpu_us
-        fig.list_ms = _list_cost(base, 30)
+        fig.list_ms, fig.list_cpu_ms = _list_cost(base, 100, child.pid, database)
     finally:
         child.stop()
-    fig.claim_ms = asyncio.run(_claim_cost(ledger_url, 400))
+    fig.claim_ms, fig.claim_cpu_ms = asyncio.run(_claim_cost(ledger_url, 400, database))
     return fig
 
 
 # Bump when the loaded rows change shape. A newer schema does not need a new load: opening
 # the ledger applies the new migrations to it, as an upgrade of a real deployment does.
 CACHE_VERSION = "v1"
+# The "empty" ledger: the same archived rows, just enough that every list page is full (with
+# none, a page of 50 archived tasks would be compared with a page of one).
+SMALL = 200
 
 
 def cached_sqlite(cache: Path, count: int) -> tuple[Path, float]:
@@ -368,21 +388,21 @@ def run(
     """Empty and ``big`` ledgers, SQLite then PostgreSQL. The big ones are kept in ``cache``
     (SQLite) or as a database (PostgreSQL) between runs: loading a million tasks takes
     minutes; the figures are taken on top of it."""
-    results: dict[str, Any] = {"big": big, "figures": []}
-    empty = tmp / "scaling-empty.db"
-    asyncio.run(_template(f"sqlite:///{empty}"))
-    results["figures"].append(measure("SQLite", f"sqlite:///{empty}", tmp, 0, opt))
+    results: dict[str, Any] = {"big": big, "small": SMALL, "figures": []}
+    small = tmp / "scaling-small.db"
+    load_sqlite(small, SMALL)
+    results["figures"].append(measure("SQLite", f"sqlite:///{small}", tmp, SMALL, opt))
     path, load = cached_sqlite(cache, big)
     fig = measure("SQLite", f"sqlite:///{path}", tmp, big, opt)
     fig.load_seconds = load
     fig.bytes_per_task = sqlite_bytes(path) / big
     results["figures"].append(fig)
     if pg_dsn:
-        name = "receiver_bench_scaling_empty"
+        name = "receiver_bench_scaling_small"
         url = intake.scratch_database(pg_dsn, name, create=True)
         try:
-            asyncio.run(_template(url))
-            results["figures"].append(measure("PostgreSQL", url, tmp, 0, opt, name))
+            load_postgres(url, SMALL)
+            results["figures"].append(measure("PostgreSQL", url, tmp, SMALL, opt, name))
         finally:
             intake.scratch_database(pg_dsn, name, create=False)
         url, name, load = cached_postgres(pg_dsn, big)
