@@ -113,6 +113,17 @@ class Fetched:
     source_url: str
     _release: Callable[[], None] | None = field(default=None, repr=False)
 
+    def facts(self) -> dict[str, Any]:
+        """What the sidecar records of the download (``sidecar.build``'s keywords)."""
+        return {
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "source_url": self.source_url,
+        }
+
     def body(self) -> IO[bytes] | bytes:
         """The bytes themselves when held in memory (one write to a socket, no file reads),
         else the file."""

@@ -291,12 +291,7 @@ class Worker:
                 task,
                 outcome,
                 index=index,
-                content_type=fetched.content_type,
-                size=fetched.size,
-                sha256=fetched.sha256,
-                width=fetched.width,
-                height=fetched.height,
-                source_url=fetched.source_url,
+                **fetched.facts(),
                 archived_at=self.rt.clock.now(),
                 default_model=provider_model,
                 provenance=claims,
@@ -304,26 +299,12 @@ class Worker:
             if self.rt.settings.provenance.xmp_sidecar:
                 # Before the JSON sidecar: the JSON one is written last and so still means
                 # the image and all its sidecars are complete.
-                xmp = sidecar.xmp(doc)
-                await self._put(
-                    dest,
-                    "xmp",
-                    sidecar.xmp_key(key),
-                    xmp,
-                    size=len(xmp),
-                    content_type="application/rdf+xml",
-                    metadata={"task-id": task.id},
-                )
-            side_key = sidecar.sidecar_key(key)
-            body = sidecar.dumps(doc)
-            side_uri = await self._put(  # AlreadyExists: the pair was already complete
-                dest,
-                "sidecar",
-                side_key,
-                body,
-                size=len(body),
-                content_type="application/json",
-                metadata={"task-id": task.id},
+                xmp_key, xmp = sidecar.xmp_key(key), sidecar.xmp(doc)
+                await self._put_doc(dest, "xmp", xmp_key, xmp, "application/rdf+xml", task.id)
+            side_key, body = sidecar.sidecar_key(key), sidecar.dumps(doc)
+            # AlreadyExists: the pair was already complete.
+            side_uri = await self._put_doc(
+                dest, "sidecar", side_key, body, "application/json", task.id
             )
             metrics.ARCHIVED_BYTES.labels(dest.name).inc(fetched.size)
             metrics.ARCHIVED_OBJECTS.labels(dest.name).inc()
@@ -341,6 +322,20 @@ class Worker:
             )
         finally:
             fetched.close()
+
+    async def _put_doc(
+        self, dest: Destination, kind: str, key: str, body: bytes, content_type: str, task_id: str
+    ) -> str:
+        """A sidecar document, tagged with its task."""
+        return await self._put(
+            dest,
+            kind,
+            key,
+            body,
+            size=len(body),
+            content_type=content_type,
+            metadata={"task-id": task_id},
+        )
 
     async def _put(self, dest: Destination, kind: str, key: str, body: Any, **kw: Any) -> str:
         """One create-only write, timed and traced; an object already there is success."""

@@ -83,6 +83,29 @@ def _query(name: str, kind: str = "string") -> dict[str, Any]:
 _TASK_ID = [_path("task_id")]
 
 
+def _on_task(
+    suffix: str, method: str, summary: str, ok: dict[int, Body], errors: tuple[int, ...]
+) -> Operation:
+    """A route of one task: a read also takes the task's access token, a change an API key."""
+    security = TASK_READ if method == "get" else API_KEY
+    return Operation(
+        f"/v1/tasks/{{task_id}}{suffix}", method, summary, ok, errors, security, _TASK_ID
+    )
+
+
+def _hook(params: list[str], summary: str, answer: type[BaseModel]) -> Operation:
+    """A provider's delivery: answered 2xx only once it is committed."""
+    return Operation(
+        "/v1/hooks/" + "/".join(f"{{{name}}}" for name in params),
+        "post",
+        summary,
+        {200: Body("Accepted, or a duplicate delivery", answer)},
+        (400, 401, 404, 413, 422, 503),
+        None,
+        [_path(name) for name in params],
+    )
+
+
 def _bulk(action: str, summary: str) -> Operation:
     """A bulk action by filter; a dry run first counts what it would touch."""
     return Operation(
@@ -138,59 +161,37 @@ OPERATIONS = [
     ),
     _bulk("replay", "Replay every failed task a filter matches"),
     _bulk("redeliver", "Send again the final notification of every task a filter matches"),
-    Operation(
-        "/v1/tasks/{task_id}",
-        "get",
-        "One task",
-        {200: Body("The task", TaskView)},
-        (401, 404, 503),
-        TASK_READ,
-        _TASK_ID,
-    ),
-    Operation(
-        "/v1/tasks/{task_id}/events",
+    _on_task("", "get", "One task", {200: Body("The task", TaskView)}, (401, 404, 503)),
+    _on_task(
+        "/events",
         "get",
         "Status changes as server-sent events (event: status), until the task ends",
         {200: Body("One `data:` line per change", StatusEvent, "text/event-stream")},
         (401, 404, 503),
-        TASK_READ,
-        _TASK_ID,
     ),
-    Operation(
-        "/v1/tasks/{task_id}/replay",
+    _on_task(
+        "/replay",
         "post",
         "Archive again from the provider's current result",
         {202: Body("Queued for archiving", TaskView)},
         (401, 404, 409, 502, 503),
-        API_KEY,
-        _TASK_ID,
     ),
-    Operation(
-        "/v1/tasks/{task_id}/redeliver",
+    _on_task(
+        "/redeliver",
         "post",
         "Send the task's final notification again, as a new event",
         {202: Body("Queued", RedeliveryView)},
         (401, 409, 503),
-        API_KEY,
-        _TASK_ID,
     ),
-    Operation(
-        "/v1/hooks/{provider}/{token}",
-        "post",
+    _hook(
+        ["provider", "token"],
         "Callback for a task this service submitted (2xx only once committed)",
-        {200: Body("Accepted, or a duplicate delivery", HookAnswer)},
-        (400, 401, 404, 413, 422, 503),
-        None,
-        [_path("provider"), _path("token")],
+        HookAnswer,
     ),
-    Operation(
-        "/v1/hooks/{provider}",
-        "post",
+    _hook(
+        ["provider"],
         "Account-level webhook (tasks submitted elsewhere are adopted and archived)",
-        {200: Body("Accepted, or a duplicate delivery", AccountHookAnswer)},
-        (400, 401, 404, 413, 422, 503),
-        None,
-        [_path("provider")],
+        AccountHookAnswer,
     ),
     Operation("/healthz", "get", "Liveness", {200: Body("Alive", HealthView)}),
     Operation(
