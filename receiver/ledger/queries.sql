@@ -96,8 +96,8 @@ SET state = 'leased', lease_owner = :owner, lease_expires_at = :until,
     attempts = attempts + 1, updated_at = :now
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE (state = 'queued' AND next_attempt_at <= :now)
-       OR (state = 'leased' AND lease_expires_at <= :now)
+    WHERE state IN ('queued', 'leased')
+      AND CASE state WHEN 'queued' THEN next_attempt_at ELSE lease_expires_at END <= :now
     ORDER BY next_attempt_at, id
     LIMIT :limit
     {skip_locked}
@@ -180,8 +180,8 @@ UPDATE notifications
 SET state = 'leased', lease_owner = :owner, lease_expires_at = :until, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM notifications
-    WHERE (state = 'queued' AND next_attempt_at <= :now)
-       OR (state = 'leased' AND lease_expires_at <= :now)
+    WHERE state IN ('queued', 'leased')
+      AND CASE state WHEN 'queued' THEN next_attempt_at ELSE lease_expires_at END <= :now
     ORDER BY next_attempt_at
     LIMIT :limit
     {skip_locked}
