@@ -290,6 +290,8 @@ def test_chaos_replicas_behind_nginx(tmp_path: Path, pg_dsn: str) -> None:
         images = {k: v for k, v in objects.items() if not k.endswith((".json", ".xmp"))}
         sidecars = {k for k in objects if k.endswith(".json")}
         sha_ok = 0
+        unarchived = [(t["id"], t["status"], t["failure"]) for t in tasks if len(t["objects"]) != 1]
+        assert not unarchived, f"{len(unarchived)} tasks lack their one image: {unarchived[:5]}"
         for t in tasks:
             [obj] = t["objects"]
             key = obj["uri"].removeprefix("s3://chaos/")

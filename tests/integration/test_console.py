@@ -189,6 +189,12 @@ async def test_prompts_are_escaped_and_headers_forbid_inline_script(tmp_path: Pa
             assert "script" not in _elements(page.text).difference({"script:src"})
         static = await client.get(f"{stack.base}/ui/static/console.js")
         assert static.status_code == 200 and "EventSource" in static.text
+        # The filter form keeps what was chosen, and offers only known values.
+        page = await client.get(f"{stack.base}/ui/?status=archived&provider=simulated")
+        assert '<option value="archived" selected>archived</option>' in page.text
+        assert '<option value="simulated" selected>simulated</option>' in page.text
+        assert '<option value="failed">failed</option>' in page.text
+        assert '<option value="">any reason</option>' in page.text
 
 
 def _version() -> str:

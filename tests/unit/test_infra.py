@@ -792,3 +792,11 @@ def test_settings_key_walker_rejects_what_is_not_a_setting() -> None:
     assert not settings_key_exists(["providers", "nosuch", "api_key"])
     assert not settings_key_exists(["providers", "replicate", "apikey"])
     assert ProviderSettings.model_fields.keys() >= {"api_key"}
+
+
+def test_k8s_image_tag_is_the_package_version(k8s: dict[str, dict[str, Any]]) -> None:
+    """The one version source is receiver.__version__; the example deploys that release."""
+    from receiver import __version__
+
+    image = container(k8s)["image"]
+    assert image.rsplit(":", 1)[1] == __version__, "bump infra/k8s/deployment.yaml's image tag"
