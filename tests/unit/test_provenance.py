@@ -374,3 +374,69 @@ async def test_check_names_the_reader_and_fails_without_it(
         None, {}, base_config(tmp_path, ledger_url="memory://", provenance={"read_c2pa": False})
     )
     assert await run_checks(off) == 0
+
+
+# --- the console ------------------------------------------------------------------------------
+
+
+async def test_console_shows_a_c2pa_badge_per_card_and_per_image(
+    chain: kit.Chain, signed: bytes, tmp_path: Path
+) -> None:
+    """Issue 15's "the console shows it": the gallery card and each image of the task page
+    carry a badge with the provenance status (class from a closed list, a title saying what it
+    means), next to the fields; an image without a manifest says absent."""
+    from receiver.testing import API_KEY as KEY
+    from receiver.testing import PUBLIC_URL, memory_runtime
+    from tests.console_kit import sign_in
+
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(chain.root_pem)
+    async with memory_runtime(provenance={"trust_anchors": str(anchors)}) as rt:
+        plain = rt.origin.serve_image("https://cdn.example/plain.png", kit.png((1, 2, 3)))
+        good = rt.origin.serve_image("https://cdn.example/signed.png", signed)
+        bad = rt.origin.serve_image("https://cdn.example/tampered.png", kit.tamper(signed))
+        unsigned = await rt.completed_task([plain], prompt="an unsigned kite")
+        both = await rt.completed_task([good, bad], prompt="a signed kite and a tampered one")
+        worker = Worker(rt)
+        for job in await rt.ledger.claim_jobs(rt.owner, 10, 60):
+            await worker.process(job)
+
+        app = create_app(rt.settings, runtime=rt, background=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL
+        ) as client:
+            await sign_in(client, PUBLIC_URL, KEY)
+            gallery = (await client.get("/ui/")).text
+            cards = {
+                task_id: gallery.split(f'data-id="{task_id}"', 1)[1].split("</article>", 1)[0]
+                for task_id in (unsigned.id, both.id)
+            }
+            assert _badges(cards[unsigned.id]) == [("absent", "no Content Credentials")]
+            assert _badges(cards[both.id]) == [
+                ("trusted", "signer is among the configured trust anchors"),
+                ("invalid", "do not validate"),
+            ]
+            page = (await client.get(f"/ui/tasks/{both.id}")).text
+            assert _badges(page) == _badges(cards[both.id])
+            assert f"signed by {kit.SIGNER_CN}" in page
+            page = (await client.get(f"/ui/tasks/{unsigned.id}")).text
+            assert _badges(page) == [("absent", "no Content Credentials")]
+
+
+def _badges(html: str) -> list[tuple[str, str]]:
+    """(status, a phrase of the title) of every C2PA badge, checking the text matches the class."""
+    import re
+
+    found = []
+    for cls, title, text in re.findall(
+        r'<span class="badge c2pa c2pa-(\w+)" title="([^"]*)">([^<]*)</span>', html
+    ):
+        assert text == f"C2PA {cls}" and title.startswith("C2PA: ")
+        phrase = {
+            "trusted": "signer is among the configured trust anchors",
+            "invalid": "do not validate",
+            "absent": "no Content Credentials",
+        }.get(cls, "")
+        assert phrase in title
+        found.append((cls, phrase))
+    return found
