@@ -273,24 +273,31 @@ class SqlLedger(Ledger):
         future.add_done_callback(_retrieved)
         self._group.append((contextvars.copy_context(), fn, future))
         if len(self._flushers) < self.group_flushers:
-            flusher = asyncio.create_task(self._flush_groups())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+            self._flushers.add(asyncio.create_task(self._flush_groups()))
         with observed(self.dialect, fn):
             # Shielded: a caller that goes away does not take the others' commit with it.
             result: T = await asyncio.shield(future)
         return result
 
     async def _flush_groups(self) -> None:
-        while self._group:
-            batch, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
-            try:
-                await self._commit_group(batch)
-            except BaseException as exc:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(LedgerUnavailable(f"group commit stopped: {exc!r}"))
-                raise
+        me = asyncio.current_task()
+        try:
+            while self._group:
+                batch, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
+                try:
+                    await self._commit_group(batch)
+                except BaseException as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(
+                                LedgerUnavailable(f"group commit stopped: {exc!r}")
+                            )
+                    raise
+        finally:
+            # At once, with no await since the queue was last seen empty: a call that comes
+            # after this starts a flusher of its own. (A done callback would run later, and
+            # a call queued in between would wait for the next caller.)
+            self._flushers.discard(me)  # type: ignore[arg-type]
 
     async def _commit_group(self, batch: list[_Waiting]) -> None:
         def together(tx: Tx) -> list[Any]:

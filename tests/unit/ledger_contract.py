@@ -205,6 +205,21 @@ class LedgerContract:
             assert [e.data.get("request_id") for e in completed] == [f"req-{i}"]
         assert len(await ledger.claim_jobs("w", 50, 30)) == 16
 
+    async def test_a_call_right_after_a_group_commit_is_not_left_waiting(
+        self, ledger: Ledger
+    ) -> None:
+        """The caller a group commit answers may call again at once, before the flusher's
+        task has been cleaned up: that call must start a commit of its own."""
+        first, _ = await ledger.create_task(new())
+        second, _ = await ledger.create_task(new())
+        for task in (first, second):
+            async with asyncio.timeout(30):  # a guard only: answered at once, or never
+                # In this task, not a new one: the call must come before anything else runs.
+                result = await ledger.record_outcome(
+                    task.id, OK, provider="s", delivery_key=task.id, deadline=None
+                )
+            assert result.job_enqueued
+
     async def test_one_failing_call_does_not_fail_its_group(self, ledger: Ledger) -> None:
         from receiver.ledger.sql import SqlLedger
 
