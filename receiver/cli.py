@@ -14,6 +14,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -143,9 +144,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     sock = server_mod.listen(args.host, args.port)
     app, _ = build_simulator(public, faults, [args.provider])
     print(f"simulated provider {args.provider!r} on {public}", flush=True)
+    print(simulator_config(args.provider, public), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])
     return 0
+
+
+def simulator_config(provider: str, public: str) -> str:
+    """The settings a receiver needs to use a simulator at ``public``: its base URL, the
+    regional host the BFL simulator returns in ``polling_url``, and (for a loopback or private
+    address, which the fetcher refuses by default) the network its result URLs are on."""
+    import ipaddress
+
+    host = urlsplit(public).hostname or ""
+    lines = ["point a receiver at it with:", f"  [providers.{provider}]"]
+    lines.append(f'  base_url = "{public}"')
+    if provider == "bfl" and host == "127.0.0.1":
+        lines.append('  polling_hosts = ["localhost"]   # its polling_url names this host')
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if host == "localhost" or (address is not None and not address.is_global):
+        loopback = address is None or address.is_loopback
+        network = "127.0.0.0/8" if loopback else str(ipaddress.ip_network(host))
+        lines += ["  [fetch]", f'  allowed_networks = ["{network}"]   # result URLs are here']
+    return "\n".join(lines)
 
 
 # --- client commands --------------------------------------------------------------------------

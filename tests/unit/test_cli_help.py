@@ -133,3 +133,40 @@ def test_readme_completion_lines_install_a_working_bash_completion(tmp_path: Pat
     check = f"source {script} && complete -p receiver"
     loaded = subprocess.run([bash, "-c", check], env=env, capture_output=True, text=True)
     assert loaded.returncode == 0 and "receiver" in loaded.stdout, loaded.stderr
+
+
+@pytest.mark.parametrize(
+    ("provider", "public", "network"),
+    [
+        ("bfl", "http://127.0.0.1:8100", "127.0.0.0/8"),
+        ("fal", "http://10.1.2.3:8100", "10.1.2.3/32"),
+        ("replicate", "https://sim.example", None),
+    ],
+)
+def test_simulate_prints_the_settings_that_reach_it(
+    provider: str, public: str, network: str | None, tmp_path: Path
+) -> None:
+    """A trial against `receiver simulate` needs the provider's base_url, the BFL simulator's
+    regional host (its polling_url says localhost) and, for a private address, the fetcher's
+    allowance: without the last two a result is refused (fetch_failed) or a replay is told
+    "pending". What the command prints is TOML that loads as it stands."""
+    import tomllib
+
+    from receiver.config import load_settings
+    from tests.helpers import base_config
+
+    text = cli.simulator_config(provider, public)
+    first, *rest = text.splitlines()
+    assert first == "point a receiver at it with:"
+    printed = tomllib.loads("\n".join(line.strip() for line in rest))
+    conf = base_config(tmp_path)
+    conf.pop("fetch", None)  # the test helpers allow loopback; a new user's file does not
+    conf["providers"] = {provider: {**printed["providers"][provider], "api_key": "k"}}
+    if "fetch" in printed:
+        conf["fetch"] = printed["fetch"]
+    settings = load_settings(None, {}, conf)
+    assert printed["providers"][provider]["base_url"] == public
+    polling = printed["providers"][provider].get("polling_hosts")
+    assert polling == (["localhost"] if provider == "bfl" else None)
+    allowed = [str(n) for n in settings.fetch.allowed_networks]
+    assert allowed == ([network] if network else [])
