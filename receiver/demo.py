@@ -41,8 +41,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: ASGIApp, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Run ``app`` on 127.0.0.1:``port`` inside the current event loop."""
+async def serving(
+    app: ASGIApp, port: int, sock: socket.socket | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    """Run ``app`` on 127.0.0.1:``port`` (or on ``sock``, already bound) inside the current
+    event loop."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -53,7 +56,7 @@ async def serving(app: ASGIApp, port: int) -> AsyncIterator[uvicorn.Server]:
         timeout_graceful_shutdown=2,  # open console streams must not hold Ctrl-C up
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
     while not server.started:
         if task.done():
             task.result()
@@ -99,15 +102,23 @@ async def run_demo(
     folder.mkdir(parents=True, exist_ok=True)
     log.setup("warning", "text")
     logging.getLogger("receiver").setLevel(logging.WARNING)
+    from .errors import ReceiverError
+    from .server import listen
+
     sim_port = free_port()
     port = port or (8000 if serve else free_port())
+    try:
+        # Bound before anything is announced: a port in use is one line, not a traceback.
+        sock = listen("127.0.0.1", port)
+    except ReceiverError as exc:
+        raise ReceiverError(f"{exc.message} (choose another with --port)") from None
     sim_url = f"http://127.0.0.1:{sim_port}"
     api_key = secrets.token_urlsafe(24)
     settings = demo_settings(folder, sim_url, port, api_key)
     sim_app, _ = build_simulator(sim_url)
     print(f"simulated provider on {sim_url}; receiver on {settings.public_url}")
     print(f"archiving into {folder / 'archive'}")
-    async with serving(sim_app, sim_port), serving(create_app(settings), port) as server:
+    async with serving(sim_app, sim_port), serving(create_app(settings), port, sock) as server:
         headers = {"authorization": f"Bearer {api_key}"}
         async with httpx.AsyncClient(base_url=settings.public_url, headers=headers) as client:
             ids = []

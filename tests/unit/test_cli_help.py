@@ -170,3 +170,23 @@ def test_simulate_prints_the_settings_that_reach_it(
     assert polling == (["localhost"] if provider == "bfl" else None)
     allowed = [str(n) for n in settings.fetch.allowed_networks]
     assert allowed == ([network] if network else [])
+
+
+def test_demo_on_a_port_in_use_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`receiver demo --serve` takes port 8000, which a second demo (or anything) may hold:
+    one line naming the port and the way out, not uvicorn's traceback, and nothing started."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = cli.main(["demo", "--serve", "--port", str(port), "--dir", str(tmp_path / "d")])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"receiver: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (choose another with --port)"
+    ]
