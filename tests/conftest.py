@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from receiver import backoff
 from receiver.demo import free_port
@@ -19,6 +20,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in SUMMARIES:
         terminalreporter.write_line(line)
 
+
+# Hypothesis profiles (HYPOTHESIS_PROFILE picks one): every profile is derandomized, so a run
+# draws the same examples each time and a failure reproduces; they differ only in how many.
+# `dev` (the default) keeps `pytest tests/unit` quick; `.ci/run` uses `ci` (the examples the
+# fuzz tests always drew); `deep` is for a long hunt before a release.
+_FUZZ = {
+    "deadline": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+settings.register_profile("dev", max_examples=20, **_FUZZ)
+settings.register_profile("ci", max_examples=60, **_FUZZ)
+settings.register_profile("deep", max_examples=1000, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 PG_ADMIN_DSN = os.environ.get("RECEIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver import strictjson
@@ -35,12 +35,9 @@ from tests.unit.hostile_kit import AUTH, harness
 from tests.unit.provider_kit import make_task
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,
-)
+# How many examples, the deadline and derandomizing come from the Hypothesis profile that
+# tests/conftest.py loads (HYPOTHESIS_PROFILE=dev|ci|deep).
+FUZZ = settings()
 
 # Tokens json.dumps cannot write, spliced into the text after dumping.
 RAW_TOKENS = {
