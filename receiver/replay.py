@@ -109,6 +109,9 @@ def parse_filter(data: Mapping[str, Any], now: float | None = None) -> TaskFilte
 
 @dataclass
 class BulkResult:
+    """What a bulk action matched and did; the API renders it through its view model
+    (``api.bulk.BulkResult``), the console through its templates."""
+
     action: str
     matched: int
     as_of: float
@@ -116,18 +119,6 @@ class BulkResult:
     bulk_id: str | None = None
     done: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "bulk_id": self.bulk_id,
-            "dry_run": self.dry_run,
-            "matched": self.matched,
-            "as_of": self.as_of,
-            "done": self.done,
-            "skipped": len(self.skipped),
-            "skipped_tasks": self.skipped[:100],
-        }
 
 
 def replay_filter(where: TaskFilter) -> TaskFilter:

@@ -20,7 +20,7 @@ class View(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-V = TypeVar("V", bound=View)
+V = TypeVar("V", bound=BaseModel)
 
 
 def copy_fields(view: type[V], source: object, **given: Any) -> V:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..replay import bulk, key_label, parse_filter
+from ..views import copy_fields
 from .common import read_model, render, runtime
 from .tasks import _bearer, require_api_key
 
@@ -66,7 +67,10 @@ async def _bulk(request: Request, action: str) -> Response:
     result = await bulk(
         rt, action, where, actor="api:" + key_label(_bearer(request) or ""), dry_run=req.dry_run
     )
-    return render(BulkResult.model_validate(result.to_json()), 200 if req.dry_run else 202)
+    view = copy_fields(
+        BulkResult, result, skipped=len(result.skipped), skipped_tasks=result.skipped[:100]
+    )
+    return render(view, 200 if req.dry_run else 202)
 
 
 async def bulk_replay(request: Request) -> Response:

@@ -176,6 +176,11 @@ def _console(request: Request) -> Console:
     return console
 
 
+def _show(request: Request, name: str, **context: Any) -> Response:
+    """A signed-in page: the template with the session that ``page`` checked."""
+    return _console(request).render(request, name, session=request.state.session, **context)
+
+
 def _safe_next(value: str | None) -> str:
     """Only a path inside the console: never another host (no open redirect)."""
     if not value or not value.startswith("/ui") or value.startswith("//"):
@@ -320,10 +325,9 @@ async def gallery(request: Request) -> Response:
     tasks, next_cursor = await console.rt.ledger.search_tasks(where, cursor=cursor, limit=PAGE)
     elapsed = time.perf_counter() - started
     query = urlencode(args)
-    return console.render(
+    return _show(
         request,
         "gallery.html",
-        session=request.state.session,
         tasks=tasks,
         args=args,
         query=query,
@@ -405,9 +409,7 @@ async def _task_context(console: Console, task_id: str) -> dict[str, Any]:
 async def task_page(request: Request) -> Response:
     console = _console(request)
     context = await _task_context(console, request.path_params["task_id"])
-    return console.render(
-        request, "task.html", session=request.state.session, flash=None, **context
-    )
+    return _show(request, "task.html", flash=None, **context)
 
 
 @page
@@ -460,9 +462,7 @@ async def _on_task(request: Request, act: TaskAction) -> Response:
         raise NotFound("no such task")
     flash = await act(console, task, "console:" + request.state.session.key_hash[:12])
     context = await _task_context(console, task_id)
-    return console.render(
-        request, "task.html", session=request.state.session, flash=flash, **context
-    )
+    return _show(request, "task.html", flash=flash, **context)
 
 
 async def _replay(console: Console, task: Task, who: str) -> str:
@@ -500,10 +500,9 @@ async def bulk_confirm(request: Request) -> Response:
     action = request.query_params.get("action", "replay")
     args = _filter_args(request.query_params)
     result = await bulk(console.rt, action, parse_filter(args), actor="console", dry_run=True)
-    return console.render(
+    return _show(
         request,
         "bulk.html",
-        session=request.state.session,
         action=action,
         args=args,
         result=result,
@@ -524,10 +523,9 @@ async def bulk_run(request: Request) -> Response:
     who = "console:" + request.state.session.key_hash[:12]
     result = await bulk(console.rt, action, parse_filter(args), actor=who, dry_run=False)
     args.pop("as_of")
-    return console.render(
+    return _show(
         request,
         "bulk_done.html",
-        session=request.state.session,
         action=action,
         result=result,
         back="/ui/?" + urlencode(args),
@@ -542,10 +540,9 @@ async def ops(request: Request) -> Response:
     console = _console(request)
     now = time.time()
     snap = await console.rt.ledger.ops_snapshot(now - 3600)
-    return console.render(
+    return _show(
         request,
         "ops.html",
-        session=request.state.session,
         s=snap,
         now=now,
         verify=console.failures_last_hour(),
@@ -556,15 +553,17 @@ async def ops(request: Request) -> Response:
 # --- images -----------------------------------------------------------------------------------
 
 
-async def _object(request: Request) -> tuple[Task, Any]:
+async def _object(request: Request) -> tuple[Console, Any, Any]:
+    """The image a media route names, for a signed-in session: (console, destination, object)."""
     console = _console(request)
+    auth.require_session(request, console.settings)
     task = await console.rt.ledger.get_task(request.path_params["task_id"])
     index = request.path_params["index"]
     if task is None:
         raise NotFound("no such task")
     for obj in task.objects:
         if obj.index == index:
-            return task, obj
+            return console, console.rt.destination(task.destination), obj
     raise NotFound("no such image")
 
 
@@ -577,11 +576,8 @@ def _media_error(exc: ReceiverError) -> Response:
 
 
 async def thumbnail(request: Request) -> Response:
-    console = _console(request)
     try:
-        auth.require_session(request, console.settings)
-        task, obj = await _object(request)
-        dest = console.rt.destination(task.destination)
+        console, dest, obj = await _object(request)
         data = await console.thumbs.get(dest, obj)
     except ReceiverError as exc:
         return _media_error(exc)
@@ -592,11 +588,8 @@ async def thumbnail(request: Request) -> Response:
 
 
 async def full_image(request: Request) -> Response:
-    console = _console(request)
     try:
-        auth.require_session(request, console.settings)
-        task, obj = await _object(request)
-        dest = console.rt.destination(task.destination)
+        console, dest, obj = await _object(request)
         try:
             url = await dest.presign(obj.key, console.settings.console.presign_seconds)
         except StoreError as exc:

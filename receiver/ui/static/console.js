@@ -10,12 +10,17 @@
     return holder.content.firstElementChild;
   }
 
-  function liveGallery(grid) {
-    var url = grid.getAttribute("data-live");
+  // Calls onData with each `name` event's JSON from the stream named by el's data-live.
+  function follow(el, name, onData) {
+    var url = el.getAttribute("data-live");
     if (!url || !window.EventSource) { return; }
-    var source = new EventSource(url);
-    source.addEventListener("card", function (event) {
-      var data = JSON.parse(event.data);
+    new EventSource(url).addEventListener(name, function (event) {
+      onData(JSON.parse(event.data));
+    });
+  }
+
+  function liveGallery(grid) {
+    follow(grid, "card", function (data) {
       var card = fromHtml(data.html);
       if (!card) { return; }
       var cards = grid.querySelectorAll("[data-id]");
@@ -37,11 +42,7 @@
   }
 
   function liveTask(panel) {
-    var url = panel.getAttribute("data-live");
-    if (!url || !window.EventSource) { return; }
-    var source = new EventSource(url);
-    source.addEventListener("panel", function (event) {
-      var data = JSON.parse(event.data);
+    follow(panel, "panel", function (data) {
       panel.innerHTML = data.html;
       panel.setAttribute("data-seq", String(data.seq));
     });
