@@ -89,6 +89,8 @@ class Notifier:
                 if batch:
                     continue
                 wake.clear()
+                if self._stopping.is_set():
+                    break  # stop() set wake while we claimed; clearing it must not hide that
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
         finally:

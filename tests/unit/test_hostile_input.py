@@ -133,7 +133,9 @@ async def test_finding1_a_crashing_archive_job_is_parked_as_failed_after_three_t
         worker = Worker(h.rt)
         for attempt in range(1, 5):
             jobs = []
-            for _ in range(50):  # the retry is due after the test-mode backoff (<= 0.05 s)
+            # The retry is due after the test-mode backoff (<= 0.05 s, backoff.delay); polling
+            # for at least 0.2 s finds a due job, and a fourth claim would be due by then.
+            for _ in range(10):
                 jobs = await h.rt.ledger.claim_jobs(h.rt.owner, 1, 30)
                 if jobs:
                     break

@@ -125,3 +125,21 @@ async def test_run_sends_when_the_ledger_announces_and_stops(rt: MemoryRuntime) 
     notifier.stop()
     await asyncio.wait_for(loop, 5)
     assert notifier.http.is_closed
+
+
+async def test_stop_while_claiming_ends_the_loop_without_waiting_for_the_next_poll(
+    rt: MemoryRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() sets the wake-up event; the loop clearing it after its claim must still stop
+    (it used to wait out a whole poll interval, which delayed every shutdown)."""
+    rt.settings.worker.poll_interval = 3600  # a missed stop would wait an hour
+    notifier = Notifier(rt)
+    claim = rt.ledger.claim_notifications
+
+    async def claim_then_stop(*args: object, **kwargs: object) -> list[Notification]:
+        notifier.stop()  # lands while the loop is between its check and its wait
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt.ledger, "claim_notifications", claim_then_stop)
+    await asyncio.wait_for(notifier.run(), 5)
+    assert notifier.http.is_closed
