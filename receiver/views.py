@@ -63,7 +63,12 @@ class RetryView(View):
 
 
 class TaskView(View):
-    """A task as ``GET /v1/tasks/{id}`` shows it."""
+    """A task as ``GET /v1/tasks/{id}`` shows it.
+
+    Names again the stored ``models.Task`` fields it publishes, on purpose: this is the
+    contract (descriptions, what is required, no storage-only fields such as poll state,
+    provider_state or the idempotency key), the dataclass is storage; ``of`` copies them by
+    name through ``copy_fields``, so a field renamed on one side fails every API test."""
 
     id: str
     provider: str

@@ -33,7 +33,7 @@ _FUZZ = {
 settings.register_profile("dev", max_examples=20, **_FUZZ)
 settings.register_profile("ci", max_examples=60, **_FUZZ)
 settings.register_profile("deep", max_examples=1000, **_FUZZ)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "dev")
 
 PG_ADMIN_DSN = os.environ.get("RECEIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
