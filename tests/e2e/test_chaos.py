@@ -87,6 +87,7 @@ http {{
   upstream receivers {{
 {servers}
     keepalive 32;
+    keepalive_timeout 4s;
   }}
   server {{
     listen 127.0.0.1:{port};

@@ -517,6 +517,22 @@ def test_nginx_forwards_client_headers_and_accepts_the_apps_largest_body() -> No
     assert "proxy_buffering off;" in block.group(2)
 
 
+def _seconds(value: str) -> float:
+    number = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert number, value
+    return int(number.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[number.group(2)]
+
+
+def test_nginx_drops_idle_upstream_connections_before_a_replica_closes_them() -> None:
+    """nginx must not reuse a connection the replica is about to close: a POST sent on it is
+    lost to a reset and not retried. So nginx's upstream idle timeout is the shorter one."""
+    upstream = re.search(r"upstream\s+\w+\s*\{(.*?)\}", nginx_conf(), re.S)
+    assert upstream and re.search(r"^\s*keepalive\s+\d+;", upstream.group(1), re.M)
+    idle = re.search(r"^\s*keepalive_timeout\s+(\w+);", upstream.group(1), re.M)
+    assert idle, "set keepalive_timeout in the upstream block (nginx's default is 60 s)"
+    assert _seconds(idle.group(1)) < ServerSettings().keepalive_seconds
+
+
 # --- Terraform --------------------------------------------------------------------------------
 
 # boto3 client method -> the IAM actions S3 authorises it with.
