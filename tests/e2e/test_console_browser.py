@@ -181,13 +181,22 @@ def test_bulk_replay_of_failed_tasks(served: Served, browser: Any) -> None:
     page.wait_for_selector("#bulk-result")
     assert page.inner_text("#bulk-result").startswith("3 of 3 tasks")
     page.goto(f"{served.base}/ui/?q=zeppelin")  # they turn archived here, live
+    # The ledger first, so a failure says whether the replay or the live page fell short.
+    done = wait_tasks(served.base, ids)
+    outcome = {t["id"]: (t["status"], t["failure"], t.get("retry")) for t in done}
+    assert all(t["status"] == "archived" for t in done), f"{outcome}\n{_log_tail(served)}"
+    assert all(len(t["objects"]) == 1 for t in done)
     for task_id in ids:
         page.wait_for_selector(
-            f'article[data-id="{task_id}"][data-status="archived"] img', timeout=60000
+            f'article[data-id="{task_id}"][data-status="archived"] img', timeout=30000
         )
-    done = wait_tasks(served.base, ids, final=("archived",))
-    assert all(len(t["objects"]) == 1 for t in done)
     page.context.close()
+
+
+def _log_tail(served: Served, lines: int = 60) -> str:
+    """The server's last log lines, for a failure message (the tmp folder is gone after CI)."""
+    text = (served.tmp / "serve.log").read_text(errors="replace")
+    return "serve.log:\n" + "\n".join(text.splitlines()[-lines:])
 
 
 def test_refused_without_a_session_or_a_csrf_token(served: Served, browser: Any) -> None:
