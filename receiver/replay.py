@@ -11,9 +11,11 @@ an audit entry in its event log naming the bulk action and who asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -54,12 +56,17 @@ def parse_time(field_name: str, raw: str, now: float | None = None) -> float:
     text = raw.strip()
     now = time.time() if now is None else now
     match = _DURATION.match(text.lower())
+    number: float | None = None
     if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
+        number = now - float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        with contextlib.suppress(ValueError):
+            number = float(text)
+    if number is not None:
+        # float() takes "nan", "inf" and 1e999: each would filter silently to nothing.
+        if not math.isfinite(number):
+            raise ValidationFailed(field_name, "expected a finite time")
+        return number
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
