@@ -7,9 +7,9 @@ goes to the checked address, so DNS cannot change its answer in between; each re
 checked the same way. The body is streamed to a spooled temporary file with its sha256 and
 size computed on the way and a hard cap, and must start like an image.
 
-Each request, once its address is checked, runs in a thread with a synchronous client: the
-body is read, hashed and spooled there, off the event loop, so a download costs a handful of
-large reads rather than an event-loop round trip per socket read (half the CPU per image).
+Each request, once its address is checked, runs in a thread (:mod:`receiver.download`): the
+body is read, hashed and spooled there, off the event loop, in reads of up to a mebibyte, so a
+download costs a handful of large reads rather than a round trip per small socket read.
 A body with a declared length is kept in memory while a process-wide budget allows, so it is
 neither written to nor read back from a temporary file.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import io
 import ipaddress
@@ -33,6 +34,7 @@ import httpx
 
 from . import netguard
 from .config import FetchSettings
+from .download import Abort, HttpxWire, Reply, SocketWire, Target, Timeouts, Wire
 from .errors import FetchError, FetchExpired, FetchRefused
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -46,6 +48,7 @@ DOWNLOAD_THREADS = 64
 SNIFF_BYTES = 32
 EXPIRED_STATUSES = {403, 404, 410}
 TRANSIENT_STATUSES = {408, 425, 429}
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 
 
 def sniff_image(head: bytes) -> tuple[str, str] | None:
@@ -174,22 +177,12 @@ class Fetcher:
         self._threads = concurrent.futures.ThreadPoolExecutor(
             DOWNLOAD_THREADS, thread_name_prefix="fetch"
         )
-        self.client = httpx.Client(
-            transport=transport,
-            follow_redirects=False,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=settings.read_timeout,
-                write=settings.read_timeout,
-                pool=settings.connect_timeout,
-            ),
-            limits=httpx.Limits(max_connections=DOWNLOAD_THREADS),
-            headers={"user-agent": "receiver", "accept": "image/*"},
-        )
+        self.timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
+        self.wire: Wire = HttpxWire(transport) if transport is not None else SocketWire()
 
     async def aclose(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.wire.close()
 
     def _blocked(self, ip: IPAddress) -> str | None:
         return netguard.refusal(ip, self.allowed)
@@ -242,27 +235,20 @@ class Fetcher:
             if target.scheme not in ("http", "https") or not target.host:
                 raise FetchRefused(f"only http(s) URLs are fetched, not {redact_url(current)}")
             address = await self._address(target)
-            extensions: dict[str, Any] = {}
-            if target.scheme == "https":
-                extensions["sni_hostname"] = target.host
-            direct = target.copy_with(host=address)
-            headers = {"host": target.netloc.decode("ascii")}
-            request = self.client.build_request(
-                "GET", direct, headers=headers, extensions=extensions
-            )
-            hop = await self._off_loop(request, current, deadline)
+            hop_target = Target(target, address, redact_url(current))
+            hop = await self._off_loop(hop_target, deadline)
             if hop.fetched is not None:
                 return hop.fetched
             assert hop.location is not None
             current = str(target.join(hop.location))
         raise FetchRefused(f"{redact_url(url)}: more than {self.settings.max_redirects} redirects")
 
-    async def _off_loop(self, request: httpx.Request, url: str, deadline: float) -> _Hop:
+    async def _off_loop(self, target: Target, deadline: float) -> _Hop:
         """One request in a download thread. If the caller is cancelled (total timeout,
         shutdown) the thread stops at its next read and whatever it made is closed."""
-        stop = threading.Event()
+        stop = Abort()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, self._get, request, url, deadline, stop)
+        future = loop.run_in_executor(self._threads, self._get, target, deadline, stop)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -270,57 +256,74 @@ class Fetcher:
             future.add_done_callback(_discard)
             raise
 
-    def _get(
-        self, request: httpx.Request, url: str, deadline: float, stop: threading.Event
-    ) -> _Hop:
+    def _get(self, target: Target, deadline: float, stop: Abort) -> _Hop:
         """In a thread: send, then follow no redirect but report it, or read the image."""
+        reply = self.wire.open(target, self.timeouts, stop)
         try:
-            response = self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from exc
-        try:
-            if response.is_redirect and "location" in response.headers:
-                return _Hop(location=response.headers["location"])
-            self._check_status(response, url)
-            return _Hop(fetched=self._read(response, url, deadline, stop))
-        except httpx.TransportError as exc:
-            raise FetchError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+            location = reply.header("location")
+            if reply.status in REDIRECT_STATUSES and location:
+                reply.drain()
+                return _Hop(location=location)
+            self._check_status(reply.status, target.shown)
+            return _Hop(fetched=self._read(reply, target.shown, deadline, stop))
         finally:
-            response.close()
+            reply.close()
 
-    def _check_status(self, response: httpx.Response, url: str) -> None:
-        status = response.status_code
+    def _check_status(self, status: int, shown: str) -> None:
         if 200 <= status < 300:
             return
-        shown = redact_url(url)
         if status in EXPIRED_STATUSES:
             raise FetchExpired(f"{shown}: HTTP {status}; the result URL has expired or is gone")
         if status >= 500 or status in TRANSIENT_STATUSES:
             raise FetchError(f"{shown}: HTTP {status}")
         raise FetchRefused(f"{shown}: HTTP {status}")
 
-    def _spool(self, declared: int | None) -> tuple[IO[bytes], Callable[[], None] | None]:
-        """Memory for a body of known length while the budget lasts, else a spooled file."""
-        if declared is not None and declared <= MEMORY_BODY_BYTES and self.budget.take(declared):
-            return io.BytesIO(), lambda: self.budget.give(declared)
-        return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES), None
-
-    def _read(
-        self, response: httpx.Response, url: str, deadline: float, stop: threading.Event
-    ) -> Fetched:
+    def _read(self, reply: Reply, url: str, deadline: float, stop: Abort) -> Fetched:
         cap = self.settings.max_bytes
-        declared_text = response.headers.get("content-length")
+        declared_text = reply.header("content-length")
         declared = int(declared_text) if declared_text and declared_text.isdigit() else None
         if declared is not None and declared > cap:
             raise FetchRefused(
                 f"{redact_url(url)}: {declared} bytes is over the fetch.max_bytes cap of {cap}"
             )
-        spool, release = self._spool(declared)
+        if declared is not None and declared <= MEMORY_BODY_BYTES and self.budget.take(declared):
+            release = functools.partial(self.budget.give, declared)
+            try:
+                fetched = self._read_whole(reply, url, declared, stop, release)
+            except BaseException:
+                release()
+                raise
+            if fetched is not None:
+                return fetched
+            release()
+        return self._read_chunks(reply, url, deadline, stop, cap)
+
+    def _read_whole(
+        self, reply: Reply, url: str, size: int, stop: Abort, release: Callable[[], None]
+    ) -> Fetched | None:
+        """A body of declared length, held in memory: read in one buffer, then checked and
+        hashed (the hash releases the GIL). The deadline and cancellation stop it through
+        ``stop``, which shuts the socket; the cap was checked against the declared length."""
+        data = reply.whole(size)
+        if data is None:
+            return None
+        if stop.is_set():
+            raise FetchError(f"{redact_url(url)}: download abandoned")
+        head = data[:SNIFF_BYTES]
+        if sniff_image(head) is None:
+            raise self._not_image(url, reply)
+        digest = hashlib.sha256(data).hexdigest()
+        return self._finish(io.BytesIO(data), head, size, digest, url, reply, release)
+
+    def _read_chunks(
+        self, reply: Reply, url: str, deadline: float, stop: Abort, cap: int
+    ) -> Fetched:
+        spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         try:
             digest = hashlib.sha256()
             size = 0
             head = b""
-            for chunk in response.iter_bytes():
+            for chunk in reply.chunks():
                 if stop.is_set():
                     raise FetchError(f"{redact_url(url)}: download abandoned")
                 if time.monotonic() > deadline:
@@ -333,19 +336,17 @@ class Fetcher:
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
                     if len(head) >= SNIFF_BYTES and sniff_image(head) is None:
-                        raise self._not_image(url, response)
+                        raise self._not_image(url, reply)
                 # Both release the GIL for large buffers: other downloads and the loop run on.
                 digest.update(chunk)
                 spool.write(chunk)
-            return self._finish(spool, head, size, digest.hexdigest(), url, response, release)
+            return self._finish(spool, head, size, digest.hexdigest(), url, reply)
         except BaseException:
             spool.close()
-            if release is not None:
-                release()
             raise
 
-    def _not_image(self, url: str, response: httpx.Response | None) -> FetchRefused:
-        declared = response.headers.get("content-type", "?") if response is not None else "?"
+    def _not_image(self, url: str, reply: Reply | None) -> FetchRefused:
+        declared = (reply.header("content-type") or "?") if reply is not None else "?"
         return FetchRefused(
             f"{redact_url(url)}: the body is not an image (declared {declared}); "
             "PNG, JPEG, WebP, GIF and AVIF are accepted"
@@ -358,12 +359,12 @@ class Fetcher:
         size: int,
         sha256: str,
         url: str,
-        response: httpx.Response | None,
+        reply: Reply | None,
         release: Callable[[], None] | None = None,
     ) -> Fetched:
         kind = sniff_image(head)
         if kind is None:
-            raise self._not_image(url, response)
+            raise self._not_image(url, reply)
         spool.seek(0)
         width, height = _dimensions(spool)
         return Fetched(
