@@ -7,6 +7,7 @@ says what its manifest claims and whether it validates.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import xml.etree.ElementTree as ET
@@ -158,6 +159,32 @@ async def test_size_budget_skips_large_images(signed: bytes, tmp_path: Path) -> 
     assert exact["status"] == "valid"
     off = await provenance.read(file, "image/png", ProvenanceSettings(read_c2pa=False))
     assert off["status"] == "skipped" and "read_c2pa" in off["reason"]
+
+
+async def test_bytes_without_the_manifest_label_skip_the_reader(
+    signed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No "c2pa" anywhere in the bytes: absent, as the reader says, without running it; the
+    label anywhere (even in a damaged store) still goes to the reader."""
+    calls: list[int] = []
+    real = provenance.read_bytes
+
+    def counted(data: bytes, content_type: str, anchors: str | None = None) -> dict[str, Any]:
+        calls.append(len(data))
+        return real(data, content_type, anchors)
+
+    monkeypatch.setattr(provenance, "read_bytes", counted)
+    plain = kit.png()
+    assert provenance.MANIFEST_LABEL not in plain
+    block = await provenance.read(io.BytesIO(plain), "image/png", ProvenanceSettings())
+    assert block == real(plain, "image/png")
+    assert calls == []
+    damaged = kit.truncate_manifest(signed)
+    block = await provenance.read(io.BytesIO(damaged), "image/png", ProvenanceSettings())
+    assert block["status"] == "unreadable" and block["present"] is True
+    assert calls == [len(damaged)]
+    block = await provenance.read(io.BytesIO(signed), "image/png", ProvenanceSettings())
+    assert block["status"] == "valid" and len(calls) == 2
 
 
 async def test_time_budget_records_a_slow_read_and_moves_on(
