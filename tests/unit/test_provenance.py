@@ -164,8 +164,8 @@ async def test_size_budget_skips_large_images(signed: bytes, tmp_path: Path) -> 
 async def test_bytes_without_the_manifest_label_skip_the_reader(
     signed: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No "c2pa" anywhere in the bytes: absent, as the reader says, without running it; the
-    label anywhere (even in a damaged store) still goes to the reader."""
+    """No manifest store box in the bytes: absent, as the reader says, without running it; a
+    store's box (even in a damaged store) still goes to the reader."""
     calls: list[int] = []
     real = provenance.read_bytes
 
@@ -175,7 +175,8 @@ async def test_bytes_without_the_manifest_label_skip_the_reader(
 
     monkeypatch.setattr(provenance, "read_bytes", counted)
     plain = kit.png()
-    assert provenance.MANIFEST_LABEL not in plain
+    assert provenance.MANIFEST_STORE_BOX not in plain
+    assert provenance.MANIFEST_STORE_BOX in signed  # the needle is what a signer writes
     block = await provenance.read(io.BytesIO(plain), "image/png", ProvenanceSettings())
     assert block == real(plain, "image/png")
     assert calls == []
