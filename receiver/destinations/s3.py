@@ -9,6 +9,13 @@ With ``sha256_checksum`` (the default) every body goes out with the SHA-256 the 
 already computed as ``x-amz-checksum-sha256``: the store checks the bytes it received against
 it, and the client signs the (signed) header instead of hashing each body a second time for
 SigV4 (``payload_signing_enabled = false``; over plain HTTP that hash was unavoidable).
+
+Single-part PUTs take the lean path of :mod:`.s3put` (``lean_put``, on by default): the same
+request, signed by botocore's SigV4 with the client's credentials and sent on the client's own
+connection pool, without boto3's per-call machinery, which cost more CPU than the rest of a
+small PUT. Multipart uploads, HEAD, GET, DELETE and presigning stay on boto3, as does any PUT
+the lean path cannot prove identical (see :meth:`.s3put.LeanPut.build`); the check's probe is
+written through the lean path, so it proves it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextvars
 import functools
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +36,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .. import backoff
 from ..config import S3Settings
 from ..errors import AlreadyExists, StoreError
 from .base import Destination
+from .s3put import LeanPut, Redirected, headers_for
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PERMANENT_CODES = {
@@ -44,6 +56,9 @@ PERMANENT_CODES = {
     "InvalidStorageClass",
 }
 EXISTS_CODES = {"PreconditionFailed", "412"}
+# Bodies up to this size are hashed on the event loop (microseconds) rather than in a thread
+# (a hand-off costs more than hashing a sidecar).
+INLINE_HASH = 64 * 1024
 
 
 def _sha256(body: IO[bytes] | bytes) -> str:
@@ -60,6 +75,21 @@ def _sha256(body: IO[bytes] | bytes) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _translate(exc: ClientError | BotoCoreError, what: str) -> StoreError:
+    """botocore's error as ours: a present key is AlreadyExists, a refusal is permanent."""
+    if isinstance(exc, BotoCoreError):
+        return StoreError(f"{what}: {exc}")
+    code = _code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in EXISTS_CODES or status == 412:
+        return AlreadyExists(f"{what}: already exists")
+    message = exc.response.get("Error", {}).get("Message") or code
+    permanent = code in PERMANENT_CODES or (
+        isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+    )
+    return StoreError(f"{what}: {code or status}: {message}", permanent=permanent)
 
 
 class S3Store(Destination):
@@ -103,6 +133,12 @@ class S3Store(Destination):
         # behind other work's threads. A plain executor costs the event loop less per call
         # than anyio's thread hand-off (a sixth of the loop's time while archiving).
         self._threads = ThreadPoolExecutor(settings.max_threads, thread_name_prefix="s3")
+        # Single-part PUTs without boto3's per-call machinery (see the module docstring), where
+        # the request is boto3's: not when botocore would add a checksum of its own (CRC32 on
+        # AWS without sha256_checksum), which the lean path does not compute.
+        self._lean: LeanPut | None = None
+        if settings.lean_put and (settings.sha256_checksum or checksum == "when_required"):
+            self._lean = LeanPut.build(self.client, self.bucket)
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -120,18 +156,31 @@ class S3Store(Destination):
     async def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
             return await self._in_thread(fn)
-        except ClientError as exc:
-            code = _code(exc)
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in EXISTS_CODES or status == 412:
-                raise AlreadyExists(f"{what}: already exists") from None
-            message = exc.response.get("Error", {}).get("Message") or code
-            permanent = code in PERMANENT_CODES or (
-                isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
-            )
-            raise StoreError(f"{what}: {code or status}: {message}", permanent=permanent) from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"{what}: {exc}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            error = _translate(exc, what)
+            raise error from (None if isinstance(error, AlreadyExists) else exc)
+
+    async def _lean_put(
+        self, lean: LeanPut, full: str, body: IO[bytes] | bytes, headers: dict[str, str], what: str
+    ) -> None:
+        """One PutObject through :mod:`.s3put`, retried as the client's standard retry mode
+        would (5xx, throttling, connection errors: its attempts, its delays), waiting through
+        :mod:`receiver.backoff` (which tests turn off)."""
+        start = 0 if isinstance(body, bytes) else body.tell()
+        attempt = 1
+        while True:
+            try:
+                await self._in_thread(functools.partial(lean.send, full, body, headers))
+                return
+            except (ClientError, BotoCoreError) as exc:
+                wait = lean.retry_delay(attempt, exc)
+                if wait is None:
+                    error = _translate(exc, what)
+                    raise error from (None if isinstance(error, AlreadyExists) else exc)
+            await backoff.sleep(wait)
+            attempt += 1
+            if not isinstance(body, bytes):
+                body.seek(start)
 
     async def put(
         self,
@@ -154,18 +203,36 @@ class S3Store(Destination):
         multipart = size > self.settings.multipart_threshold
         if self.settings.sha256_checksum and not multipart:
             if sha256 is None:
-                sha256 = await self._in_thread(functools.partial(_sha256, body))
+                if isinstance(body, bytes) and len(body) <= INLINE_HASH:
+                    sha256 = _sha256(body)
+                else:
+                    sha256 = await self._in_thread(functools.partial(_sha256, body))
             extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
         if multipart:
             stream: IO[bytes] = io.BytesIO(body) if isinstance(body, bytes) else body
             await self._multipart(full, stream, extra)
-        else:
-            # The file itself, not its bytes: botocore streams it, so memory stays bounded by
-            # the spool, not by the image size times the jobs in flight.
-            await self._call(
-                lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra),
-                f"put {self.uri(key)}",
-            )
+            return self.uri(key)
+        what = f"put {self.uri(key)}"
+        lean = self._lean
+        headers = headers_for(extra) if lean is not None else None
+        if lean is not None and headers is not None:
+            start = 0 if isinstance(body, bytes) else body.tell()
+            try:
+                await self._lean_put(lean, full, body, headers, what)
+                return self.uri(key)
+            except Redirected as exc:
+                # The bucket lives elsewhere: boto3's redirector finds it, and from now on
+                # every PUT goes through boto3 (which remembers the bucket's region).
+                log.warning("%s: %s; lean PUTs off for %s", what, exc, self.name)
+                self._lean = None
+                if not isinstance(body, bytes):
+                    body.seek(start)
+        # The file itself, not its bytes: botocore streams it, so memory stays bounded by
+        # the spool, not by the image size times the jobs in flight.
+        await self._call(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra),
+            what,
+        )
         return self.uri(key)
 
     async def _multipart(self, full: str, stream: IO[bytes], extra: dict[str, Any]) -> None:
