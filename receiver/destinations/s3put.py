@@ -57,8 +57,11 @@ _HEADERS = {
     "ChecksumSHA256": "x-amz-checksum-sha256",
 }
 # Error codes for which boto3's region redirector takes over (S3RegionRedirectorv2).
-_REDIRECT_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed"}
-_REDIRECT_CODES.add("IllegalLocationConstraintException")
+_REDIRECT_CODES = {
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+}
 _REDIRECT_STATUS = {301, 302, 307}
 _S3_EXPRESS = re.compile(r"--[a-z0-9-]+--x(a)?-s3$")
 USER_AGENT = f"Botocore/{botocore.__version__} receiver-lean-put"
@@ -134,6 +137,9 @@ class LeanPut:
             or s3.get("use_dualstack_endpoint")
             or config.signature_version not in (None, "s3v4", "v4")
             or (config.retries or {}).get("mode") != "standard"
+            # Explicit, as the store sets it: otherwise botocore decides from request context
+            # the lean path does not build.
+            or s3.get("payload_signing_enabled") is None
         ):
             return None
         http = getattr(getattr(client, "_endpoint", None), "http_session", None)
@@ -188,7 +194,9 @@ class LeanPut:
         request = AWSRequest(
             method="PUT",
             url=self.url(key),
-            headers={**headers, "User-Agent": USER_AGENT},
+            # Expect: 100-continue as boto3 sends it: a refusal (403, 412) comes back before
+            # the body is sent, and the client's connection class waits for the go-ahead.
+            headers={**headers, "User-Agent": USER_AGENT, "Expect": "100-continue"},
             data=body,
         )
         request.context["client_config"] = self.config

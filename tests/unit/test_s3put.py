@@ -21,9 +21,8 @@ from receiver.destinations.s3 import S3Store
 from receiver.errors import StoreError
 
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7)
-# Headers that are not signed and may differ: botocore's own user agent and retry bookkeeping,
-# and Expect: 100-continue (the lean path sends the body without waiting for a 100).
-UNSIGNED = {"user-agent", "expect", "amz-sdk-invocation-id", "amz-sdk-request"}
+# Headers that are not signed and differ: botocore's own user agent and retry bookkeeping.
+UNSIGNED = {"user-agent", "amz-sdk-invocation-id", "amz-sdk-request"}
 
 KEYS = [
     "a/b/0.png",
@@ -193,7 +192,7 @@ def _put(store: S3Store, key: str, body: bytes, as_file: bool, sha256: str | Non
     )
 
 
-def _signed(request: dict[str, Any]) -> dict[str, str]:
+def _compared(request: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in request["headers"].items() if k not in UNSIGNED}
 
 
@@ -217,7 +216,7 @@ def test_lean_put_sends_what_boto3_sends(
     for ours, theirs in zip(lean_sent, boto_sent, strict=True):
         assert ours["method"] == theirs["method"]
         assert ours["url"] == theirs["url"]
-        assert _signed(ours) == _signed(theirs)
+        assert _compared(ours) == _compared(theirs)
         assert ours["body"] == theirs["body"]
     # The lean requests are the lean path's (not boto3's, which adds its retry bookkeeping).
     for ours, theirs in zip(lean_sent, boto_sent, strict=True):
@@ -293,3 +292,23 @@ def test_retries_follow_botocores_standard_mode() -> None:
             else:
                 assert wait is None, error
         assert lean.retry_delay(4, error) is None  # the client's attempts are spent
+
+
+def test_no_credentials_fails_as_boto3_does() -> None:
+    """An empty credential chain: the same transient StoreError on both paths, raised before
+    anything is sent."""
+    messages = []
+    for lean in (True, False):
+        store = S3Store(
+            "s3",
+            _settings(
+                region="eu-west-1", access_key_id=None, secret_access_key=None, lean_put=lean
+            ),
+        )
+        assert (store._lean is not None) == lean
+        sent = _capture(store)
+        with pytest.raises(StoreError) as info:
+            _put(store, "a.png", b"x", False, None)
+        assert not info.value.permanent and not sent
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "Unable to locate credentials" in messages[0]
