@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import socket
 import threading
 from collections.abc import Iterator
@@ -126,3 +127,23 @@ def test_keep_alive_connections_get_the_header_deadline_again() -> None:
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # then nothing more
         assert closed_by_server(conn)
+
+
+@pytest.mark.anyio
+async def test_serve_freezes_what_startup_made_out_of_the_collectors_sight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full collections would otherwise walk every module, setting and client made at startup,
+    on a callback's time; ``receiver serve`` freezes them once the app has started."""
+
+    async def started(self: uvicorn.Server, sockets: object = None) -> None:
+        return None
+
+    monkeypatch.setattr(uvicorn.Server, "startup", started)
+    server = server_mod.Server(uvicorn.Config("never.loaded:app"), on_exit=lambda: None)
+    assert gc.get_freeze_count() == 0
+    try:
+        await server.startup()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
