@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import sys
-import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -15,13 +14,24 @@ from . import tracing
 # The id of the HTTP request being served (set by receiver.middleware), stamped on every log
 # line written while serving it and on the ledger events it records.
 REQUEST_ID: ContextVar[str | None] = ContextVar("receiver_request_id", default=None)
+# Fields the request's handlers add to its access line (a fresh dict per request while the
+# access log is on, None otherwise): one line per callback instead of two.
+ACCESS_FIELDS: ContextVar[dict[str, Any] | None] = ContextVar(
+    "receiver_access_fields", default=None
+)
 
-# URL query strings (signed URLs), hook tokens in paths, bearer/whsec secrets.
+# URL query strings (signed URLs), hook tokens in paths, bearer/whsec secrets. Each pattern
+# with the literals one of which any match contains: a line holding none of them cannot match,
+# so its regex is not run (most lines hold none).
 _SCRUB = [
-    (re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?<redacted>"),
-    (re.compile(r"(/v1/hooks/[a-z0-9_-]+/)[A-Za-z0-9_.\-]+"), r"\1<token>"),
-    (re.compile(r"(whsec_|wbs_|Bearer )[A-Za-z0-9+/=_\-.]+"), r"\1<redacted>"),
-    (re.compile(r"(access_token=)[^&\s\"']+"), r"\1<redacted>"),
+    (("://",), re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*"), r"\1?<redacted>"),
+    (("/v1/hooks/",), re.compile(r"(/v1/hooks/[a-z0-9_-]+/)[A-Za-z0-9_.\-]+"), r"\1<token>"),
+    (
+        ("whsec_", "wbs_", "Bearer "),
+        re.compile(r"(whsec_|wbs_|Bearer )[A-Za-z0-9+/=_\-.]+"),
+        r"\1<redacted>",
+    ),
+    (("access_token=",), re.compile(r"(access_token=)[^&\s\"']+"), r"\1<redacted>"),
 ]
 _FIELDS = (
     "request_id",
@@ -59,21 +69,35 @@ class ContextFilter(logging.Filter):
 
 
 def scrub(text: str) -> str:
-    for pattern, repl in _SCRUB:
-        text = pattern.sub(repl, text)
+    for needles, pattern, repl in _SCRUB:
+        for needle in needles:
+            if needle in text:
+                text = pattern.sub(repl, text)
+                break
     return text
+
+
+def on_access_line(**fields: Any) -> bool:
+    """Put ``fields`` (names from the formatters' list) on the current request's access line;
+    False when no access line will be written, so the caller logs them on a line of its own."""
+    notes = ACCESS_FIELDS.get()
+    if notes is None:
+        return False
+    notes.update(fields)
+    return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": round(time.time(), 3),
+            "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }
+        attrs = record.__dict__  # the extra fields are plain instance attributes
         for name in _FIELDS:
-            value = getattr(record, name, None)
+            value = attrs.get(name)
             if value is not None:
                 data[name] = value
         if record.exc_info:
@@ -99,6 +123,11 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Neither formatter prints thread or process: not collecting them saves a getpid() system
+    # call and two lookups on every line (logging's documented switches).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn's access log prints request paths, which hold hook tokens: scrubbed by our handler.
