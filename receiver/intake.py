@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from . import log as receiver_log
 from . import metrics, tracing
 from .confirm import confirmed_outcome
 from .errors import BadRequest, NotFound, ReceiverError, SignatureError
@@ -87,7 +88,7 @@ async def _record(
     if result.task is None:
         raise NotFound("no such task")
     status: Literal["accepted", "duplicate"] = "duplicate" if result.duplicate else "accepted"
-    metrics.DELIVERIES.labels(provider.name, status).inc()
+    metrics.delivered(provider.name, status).inc()
     return Accepted(status, task_id)
 
 
@@ -122,13 +123,21 @@ async def accept_callback(
         else:
             callback = provider.read_callback(headers, body)
         accepted = await _record(rt, provider, task_id, callback, body, bound=True)
-    log.info(
-        "callback %s (%s)",
-        accepted.status,
-        callback.outcome.status.value,
-        extra={"task_id": task_id, "provider": provider.name},
-    )
+    _log_delivery(accepted, provider.name, callback.outcome.status.value)
     return accepted
+
+
+def _log_delivery(accepted: Accepted, provider: str, outcome: str) -> None:
+    """What a delivery did, on the request's access line (one line per callback), else on a
+    line of its own (``callback accepted (succeeded)``)."""
+    fields = {
+        "task_id": accepted.task_id,
+        "provider": provider,
+        "delivery": accepted.status,
+        "status": outcome,
+    }
+    if not receiver_log.on_access_line(**fields):
+        log.info("callback %s (%s)", accepted.status, outcome, extra=fields)
 
 
 async def _confirmed(
@@ -165,7 +174,9 @@ async def accept_account_webhook(
         if not callback.provider_task_id:
             raise BadRequest("webhook names no task")
         task = await adopt(rt, provider.name, callback)
-        return await _record(rt, provider, task.id, callback, body)
+        accepted = await _record(rt, provider, task.id, callback, body)
+    _log_delivery(accepted, provider.name, callback.outcome.status.value)
+    return accepted
 
 
 async def adopt(rt: Runtime, provider: str, callback: Callback) -> Task:

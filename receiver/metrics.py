@@ -10,7 +10,9 @@ value: aggregate them with ``max``, not ``sum``.
 
 from __future__ import annotations
 
+import functools
 import platform
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -103,6 +105,13 @@ STORE_BYTES = Counter("receiver_store_bytes_total", "Bytes written", ["destinati
 
 BUILD = Info("receiver_build", "The running receiver")
 BUILD.info({"version": __version__, "python": platform.python_version()})
+
+
+@functools.lru_cache(maxsize=256)
+def delivered(provider: str, outcome: str) -> Any:
+    """The :data:`DELIVERIES` child for a provider the code knows and a fixed outcome, looked
+    up once (``labels()`` takes a lock and builds its key on every call)."""
+    return DELIVERIES.labels(provider, outcome)
 
 
 def provider_label(name: str) -> str:

@@ -9,19 +9,21 @@ strings carry access tokens, and neither belongs in a log line, a label or a spa
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
+import random
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from starlette.routing import BaseRoute, Match, Mount
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics, tracing
-from .log import REQUEST_ID
+from .log import ACCESS_FIELDS, REQUEST_ID
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("receiver.access")  # a named channel: README documents it
@@ -34,15 +36,22 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 UNMATCHED = "unmatched"
 
 
+# Request ids need to be unique, not secret (they are echoed to the caller): a 128-bit draw from
+# a private Mersenne Twister costs a tenth of uuid4's read of os.urandom. Reseeded in a forked
+# child, so two worker processes never share a sequence.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The caller's ``X-Request-ID`` when it is well formed, else a new one."""
+    """The caller's ``X-Request-ID`` when it is well formed, else a new one (32 hex digits)."""
     for name, value in headers:
         if name == b"x-request-id":
             text = value.decode("latin-1")
             if _VALID_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def route_template(routes: Iterable[BaseRoute], scope: Scope, prefix: str = "") -> str | None:
@@ -65,6 +74,25 @@ def route_template(routes: Iterable[BaseRoute], scope: Scope, prefix: str = "") 
     return partial
 
 
+def _templates(routes: Iterable[BaseRoute], prefix: str = "") -> dict[int, tuple[BaseRoute, str]]:
+    """Each endpoint route (inside mounts too) by identity, with its full template: the route
+    Starlette's router picked (``scope["route"]``) names itself without a second walk."""
+    found: dict[int, tuple[BaseRoute, str]] = {}
+    for route in routes:
+        path = prefix + str(getattr(route, "path", ""))
+        if isinstance(route, Mount):
+            found.update(_templates(route.routes, path))
+        elif isinstance(route, Route | WebSocketRoute):
+            found[id(route)] = (route, path)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _duration(method: str, route: str, status: int) -> Any:
+    """The histogram child for these labels (all from fixed sets), looked up once."""
+    return metrics.HTTP_DURATION.labels(method, route, str(status))
+
+
 class RequestObserver:
     """Outermost middleware: one request id, one access line, one histogram sample and one
     server span per HTTP request; the id is returned as ``X-Request-ID``."""
@@ -72,6 +100,24 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.access_log = access_log
+        self._known: dict[int, tuple[BaseRoute, str]] | None = None
+
+    def _route(self, scope: Scope, path: str, root_path: str) -> str:
+        """The route template, once the app has run: the route its router chose, else (no
+        route: a 404, a redirect, a CORS preflight) a walk over the routes as they saw the
+        request's path."""
+        router = getattr(scope.get("app"), "router", None)
+        routes = getattr(router, "routes", ())
+        chosen = scope.get("route")
+        if chosen is not None:
+            if self._known is None:
+                self._known = _templates(routes)
+            known = self._known.get(id(chosen))
+            if known is not None and known[0] is chosen:
+                return known[1]
+        # The app's routers moved path and root_path along any mount they entered.
+        original = {**scope, "path": path, "root_path": root_path}
+        return route_template(routes, original) or UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,8 +126,10 @@ class RequestObserver:
         rid = request_id(scope.get("headers", ()))
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "other"
-        router = getattr(scope.get("app"), "router", None)
-        route = route_template(getattr(router, "routes", ()), scope) or UNMATCHED
+        path, root_path = scope.get("path", ""), scope.get("root_path", "")
+        route: str | None = None
+        if tracing.enabled():  # the span is named up front
+            route = self._route(scope, path, root_path)
         status = 500
         size = 0
         started = False
@@ -100,15 +148,12 @@ class RequestObserver:
             await send(message)
 
         token = REQUEST_ID.set(rid)
+        fields: dict[str, Any] = {}  # what the handlers add to the access line
+        notes = ACCESS_FIELDS.set(fields if self.access_log else None)
         metrics.HTTP_IN_FLIGHT.inc()
         start = time.perf_counter()
         try:
-            headers = {
-                k.decode("latin-1"): v.decode("latin-1")
-                for k, v in scope.get("headers", ())
-                if k == b"traceparent"
-            }
-            with tracing.server_span(method, route, headers) as span:
+            with tracing.server_span(method, route or UNMATCHED, _traceparent(scope)) as span:
                 span.set("receiver.request_id", rid)
                 trace_id = tracing.current_trace_id()
                 try:
@@ -120,6 +165,7 @@ class RequestObserver:
                 except Exception as exc:
                     status = 500
                     span.error(type(exc).__name__)
+                    route = route or self._route(scope, path, root_path)
                     log.exception("unhandled error on %s %s", method, route)
                     if started:
                         raise
@@ -130,23 +176,32 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - start
             metrics.HTTP_IN_FLIGHT.dec()
-            metrics.HTTP_DURATION.labels(method, route, str(status)).observe(elapsed)
+            if route is None:
+                route = self._route(scope, path, root_path)
+            _duration(method, route, status).observe(elapsed)
             if self.access_log:
-                access.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "http_status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "bytes": size,
-                        "trace_id": trace_id,
-                    },
+                fields.update(
+                    method=method,
+                    route=route,
+                    http_status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                    bytes=size,
+                    trace_id=trace_id,
                 )
+                access.info("%s %s %d", method, route, status, extra=fields)
+            ACCESS_FIELDS.reset(notes)
             REQUEST_ID.reset(token)
+
+
+def _traceparent(scope: Scope) -> dict[str, str]:
+    """The caller's ``traceparent`` header, read only while tracing is on."""
+    if not tracing.enabled():
+        return {}
+    return {
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in scope.get("headers", ())
+        if k == b"traceparent"
+    }
 
 
 async def _internal_error(send: Send) -> None:

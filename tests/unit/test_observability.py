@@ -20,10 +20,11 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from receiver import tracing
-from receiver.app import routes
+from receiver.app import create_app, routes
 from receiver.log import ContextFilter, JsonFormatter
 from receiver.middleware import RequestObserver, request_id, route_template
 from receiver.models import Reason
+from receiver.testing import memory_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,6 +164,93 @@ async def test_streams_pass_through_and_unknown_paths_get_one_label(
         ("unmatched", 404),
     ]
     assert access[0]["bytes"] == len(body)
+
+
+@pytest.mark.anyio
+async def test_routes_are_named_after_the_router_chose_them(
+    client: httpx.AsyncClient, lines: Lines
+) -> None:
+    """The route Starlette's router picked names the access line, inside a mount too; what
+    it did not pick (a wrong method, a path a mount does not know) is named by the walk."""
+    assert (await client.get("/ui/tasks/t-1")).status_code == 200
+    assert (await client.post("/items/7")).status_code == 405
+    assert (await client.get("/ui/nothing/here")).status_code == 404
+    assert (await client.get("/items/8")).status_code == 200
+    access = [ln for ln in lines.lines if ln["logger"] == "receiver.access"]
+    assert [(a["route"], a["http_status"]) for a in access] == [
+        ("/ui/tasks/{task_id}", 200),
+        ("/items/{item_id}", 405),
+        ("/ui/{path:path}", 404),
+        ("/items/{item_id}", 200),
+    ]
+
+
+def test_request_ids_are_not_repeated_by_a_forked_child() -> None:
+    """Ids come from a private generator: a worker process forked from another must draw its
+    own sequence, not the parent's."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, request_id([]).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child != request_id([])
+
+
+async def _one_callback(access_log: bool) -> tuple[str, list[str]]:
+    """A signed callback and its duplicate through the whole app: the task id and the two
+    request ids."""
+    async with memory_runtime(server={"access_log": access_log}) as rt:
+        task = await rt.submitted_task()
+        path, headers, body = rt.callback(
+            task, {"id": task.provider_task_id, "status": "pending"}
+        )
+        app = create_app(rt.settings, runtime=rt, background=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            for rid in ("cb-1", "cb-2"):
+                r = await c.post(path, content=body, headers={**headers, "x-request-id": rid})
+                assert r.status_code == 200, r.text
+    return task.id, ["cb-1", "cb-2"]
+
+
+@pytest.mark.anyio
+async def test_a_callbacks_outcome_is_on_its_access_line(lines: Lines) -> None:
+    """One line per callback: the access line names the task, provider, delivery and outcome
+    that intake would otherwise log on a line of its own."""
+    task_id, rids = await _one_callback(access_log=True)
+    for rid, delivery in zip(rids, ("accepted", "duplicate"), strict=True):
+        mine = [ln for ln in lines.lines if ln.get("request_id") == rid]
+        assert [ln["logger"] for ln in mine] == ["receiver.access"]
+        assert mine[0] == {
+            **mine[0],
+            "msg": "POST /v1/hooks/{provider}/{token} 200",
+            "route": "/v1/hooks/{provider}/{token}",
+            "http_status": 200,
+            "task_id": task_id,
+            "provider": "simulated",
+            "delivery": delivery,
+            "status": "pending",
+        }
+
+
+@pytest.mark.anyio
+async def test_without_the_access_log_intake_logs_the_outcome_itself(lines: Lines) -> None:
+    task_id, rids = await _one_callback(access_log=False)
+    for rid, delivery in zip(rids, ("accepted", "duplicate"), strict=True):
+        mine = [ln for ln in lines.lines if ln.get("request_id") == rid]
+        assert [ln["logger"] for ln in mine] == ["receiver.intake"]
+        assert mine[0] == {
+            **mine[0],
+            "msg": f"callback {delivery} (pending)",
+            "task_id": task_id,
+            "provider": "simulated",
+            "delivery": delivery,
+            "status": "pending",
+        }
 
 
 def test_access_log_can_be_turned_off(lines: Lines) -> None:
