@@ -41,10 +41,59 @@ def _path(parts: tuple[str | int, ...], prefix: str) -> str:
     return out or "body"
 
 
+# One decoder for every parse: ``json.loads`` with ``parse_constant`` builds a new decoder and
+# scanner on each call.
+_DECODER = json.JSONDecoder(parse_constant=_Constant)
+
+
 def problem(value: Any, *, max_depth: int = MAX_DEPTH, nul: bool = True) -> tuple[str, str] | None:
     """The first (path, what is wrong) in an already parsed value, or None when it is clean.
 
-    Walks without recursion, so a deeply nested value cannot raise RecursionError here."""
+    A clean value (nearly all of them) is recognised without building a path for each item;
+    anything else is walked again to name what is wrong."""
+    if _clean(value, 0, max_depth, nul):
+        return None
+    return _walk(value, max_depth, nul)
+
+
+def _clean(item: Any, depth: int, max_depth: int, nul: bool) -> bool:
+    """True only when :func:`_walk` would find nothing; False whenever in doubt (a subclass of
+    a JSON type, too deep), leaving the walk to decide and to name the field. Recursion stops
+    past ``max_depth``, so it stays shallow."""
+    if depth > max_depth:
+        return False
+    kind = type(item)
+    if kind is str:
+        return _clean_text(item, nul)
+    if kind is dict:
+        for key, child in item.items():
+            if (
+                type(key) is not str
+                or not _clean_text(key, nul)
+                or not _clean(child, depth + 1, max_depth, nul)
+            ):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_clean(child, depth + 1, max_depth, nul) for child in item)
+    if kind is int:
+        return bool(INT_MIN <= item <= INT_MAX)
+    if kind is float:
+        return math.isfinite(item)
+    return item is None or kind is bool
+
+
+def _clean_text(text: str, nul: bool) -> bool:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return not (nul and "\x00" in text)
+
+
+def _walk(value: Any, max_depth: int, nul: bool) -> tuple[str, str] | None:
+    """Walks without recursion, so a deeply nested value cannot raise RecursionError here."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -101,7 +150,7 @@ def loads(
     except UnicodeDecodeError:
         raise BadRequest("body is not UTF-8") from None
     try:
-        data = json.loads(text, parse_constant=_Constant)
+        data = _DECODER.decode(text)
     except RecursionError:
         raise BadRequest(f"body is nested deeper than {max_depth} levels") from None
     except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit

@@ -11,6 +11,7 @@ and whatever is recorded can be read back and shown.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import random
 import time
@@ -65,6 +66,91 @@ values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+# Parsed values as strictjson.problem meets them, hostile items included (what the parser
+# would give for NaN, 1e400, 400 digits, "\ud800"), with types JSON never gives (tuples,
+# subclasses, non-string keys, bytes).
+clean_scalars = scalars.filter(lambda v: v not in RAW_TOKENS)
+hostile_scalars = st.one_of(
+    clean_scalars,  # mostly clean, so one hostile item is often the only thing wrong
+    clean_scalars,
+    clean_scalars,
+    clean_scalars,
+    st.sampled_from(
+        [
+            float("nan"),
+            float("inf"),
+            -(2**63) - 1,
+            2**63,
+            2**63 - 1,
+            "\ud800",
+            "a\x00b",
+            "é\x00",
+            "ok é",
+            strictjson._Constant("NaN"),
+            _Level.LOW,
+            b"raw",
+            True,
+        ]
+    ),
+)
+parsed_values = st.recursive(
+    hostile_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(
+            st.one_of(st.text(max_size=4), st.sampled_from(["\ud800", "\x00"])), inner, max_size=3
+        ),
+        st.dictionaries(st.integers(0, 3), inner, max_size=2),
+    ),
+    max_leaves=10,
+)
+
+
+ONE_THING_WRONG = [
+    float("nan"),
+    float("-inf"),
+    2**63,
+    -(2**63) - 1,
+    "\ud800",
+    "a\x00b",
+    "é\x00",
+    strictjson._Constant("Infinity"),
+    b"raw",
+    _Level.LOW,  # not wrong, but not a type the quick path knows
+    {1: "int key"},
+    {"\ud800": 1},
+    {"a\x00": 1},
+    [[[[[1]]]]],  # past a depth limit of 4
+]
+
+
+@pytest.mark.parametrize("bad", ONE_THING_WRONG, ids=repr)
+def test_strict_check_names_a_single_problem_wherever_it_sits(bad: Any) -> None:
+    """Each kind of problem alone, at the top and nested in an otherwise clean value."""
+    for value in (bad, {"a": [1, "x", {"b": bad}]}, [None, True, 1.5, (bad,)]):
+        for nul in (True, False):
+            expected = strictjson._walk(value, 4, nul)
+            assert strictjson.problem(value, max_depth=4, nul=nul) == expected
+            if nul and bad is not _Level.LOW:  # an int subclass is an int to the walk
+                assert expected is not None
+
+
+@settings(max_examples=400)
+@given(parsed_values, st.integers(min_value=0, max_value=6), st.booleans())
+def test_strict_check_takes_the_quick_path_only_for_clean_values(
+    value: Any, max_depth: int, nul: bool
+) -> None:
+    """strictjson.problem answers clean values without walking them: its answer is always
+    the full walk's (which names the field), for every depth limit and NUL setting."""
+    expected = strictjson._walk(value, max_depth, nul)
+    assert strictjson.problem(value, max_depth=max_depth, nul=nul) == expected
 
 
 def render(value: Any) -> str:
