@@ -9,12 +9,13 @@ verifies the provider's callback signature. httpx errors are translated to
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -151,25 +152,30 @@ class Provider(ABC):
         schemes fetch keys (fal's JWKS)."""
         return None
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
+        """The callback in ``body``; ``parsed`` is the body as JSON when
+        :meth:`read_callback` has parsed it already (see :func:`callback_json`)."""
         raise BadRequest(f"{self.name} does not send callbacks")
 
     def read_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
         """:meth:`parse_callback` behind one defensive layer for every adapter: the body must
         be strict JSON within a depth budget, any crash while reading it is a 400 naming the
         provider, and the outcome is checked field by field (types, ranges, image count)."""
+        parsed = None  # parsed once, strictly, and handed to the adapter
         if body.lstrip()[:1] in (b"{", b"["):
-            strictjson.loads(body, max_depth=MAX_BODY_DEPTH, field_error=BadRequest)
+            parsed = strictjson.loads(body, max_depth=MAX_BODY_DEPTH, field_error=BadRequest)
         try:
-            callback = self.parse_callback(headers, body)
+            callback = self.parse_callback(headers, body, parsed)
         except ReceiverError:
             raise
         except Exception as exc:  # a shape the adapter did not expect: the sender's fault
             raise BadRequest(f"{self.name}: callback body not understood ({_why(exc)})") from None
-        outcome = check_outcome(callback.outcome, self.name)
-        return Callback(
+        return _replaced(
+            callback,
             delivery_key=_text(callback.delivery_key, 500) or "",
-            outcome=outcome,
+            outcome=check_outcome(callback.outcome, self.name),
             provider_task_id=_task_id(callback.provider_task_id, self.name),
         )
 
@@ -289,6 +295,18 @@ def _retry_after(value: str | None) -> float:
             return 1.0
 
 
+def callback_json(body: bytes, parsed: Any, provider: str) -> Any:
+    """A callback body as JSON: ``parsed`` when :meth:`Provider.read_callback` has parsed it
+    already (strictly; it parses only an object or an array, so never to None), else parsed
+    here (a direct call of ``parse_callback``, as the adapter tests make)."""
+    if parsed is not None:
+        return parsed
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise BadRequest(f"{provider}: callback body is not JSON") from None
+
+
 def json_body(response: httpx.Response, provider: str) -> Any:
     """A provider's answer as strict JSON (depth-capped, no NaN or lone surrogates)."""
     try:
@@ -363,7 +381,7 @@ def check_outcome(outcome: Any, provider: str, *, max_images: int = MAX_IMAGES) 
         ):
             raise BadRequest(f"{provider}: images[{i}].expires_at is not a usable time")
         checked.append(
-            dataclasses.replace(
+            _replaced(
                 img,
                 expires_at=float(expires) if expires is not None else None,
                 content_type=_text(img.content_type, 200),
@@ -376,9 +394,10 @@ def check_outcome(outcome: Any, provider: str, *, max_images: int = MAX_IMAGES) 
         or not (strictjson.INT_MIN <= seed <= strictjson.INT_MAX)
     ):
         seed = None
-    return dataclasses.replace(
+    kept = type(images) is tuple and all(a is b for a, b in zip(checked, images, strict=True))
+    return _replaced(
         outcome,
-        images=tuple(checked),
+        images=images if kept else tuple(checked),
         provider_task_id=_task_id(outcome.provider_task_id, provider),
         error_code=_text(outcome.error_code, 200),
         error_message=_text(outcome.error_message, 2000),
@@ -386,3 +405,18 @@ def check_outcome(outcome: Any, provider: str, *, max_images: int = MAX_IMAGES) 
         seed=seed,
         model=_text(outcome.model, 200),
     )
+
+
+_D = TypeVar("_D", Callback, Outcome, ResultImage)
+
+
+def _replaced(value: _D, **checked: Any) -> _D:
+    """``value`` with the checked fields that differ replaced; itself when none does (nearly
+    always: ``dataclasses.replace`` builds a new frozen instance field by field)."""
+    changed = {name: new for name, new in checked.items() if not _same(new, getattr(value, name))}
+    return dataclasses.replace(value, **changed) if changed else value
+
+
+def _same(new: Any, old: Any) -> bool:
+    """The same value of the same type (``5 == 5.0`` but a sidecar writes them differently)."""
+    return new is old or (type(new) is type(old) and new == old)

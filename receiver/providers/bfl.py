@@ -20,7 +20,6 @@ parameters under other model names, reuses them (``receiver/providers/vtrix.py``
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -33,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import BadRequest, ProviderError, ValidationFailed
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import verify_bfl
-from .base import Callback, CallbackTarget, Provider, Submission, json_body
+from .base import Callback, CallbackTarget, Provider, Submission, callback_json, json_body
 
 # FLUX.2 takes prompts of up to 32K tokens; we cannot count tokens, so the cap is in characters
 # at a generous four per token: longer cannot fit, shorter is left to BFL to judge.
@@ -205,8 +204,10 @@ class BflProvider(Provider):
         """``X-BFL-Signature`` HMAC or ``X-Webhook-Secret`` echo, with the task's secrets."""
         verify_bfl(headers, body, secrets)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
-        data = load_json(body, self.name)
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
+        data = callback_json(body, parsed, self.name)
         outcome = parse_result(data)
         return Callback(
             delivery_key=delivery_key(data, body),
@@ -287,13 +288,6 @@ def _aspect_ratio(field: str, value: Any) -> None:
 
 
 # --- parsing (module level so the unit tests can feed documented bodies) ----------------------
-
-
-def load_json(body: bytes, provider: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise BadRequest(f"{provider}: callback body is not JSON") from None
 
 
 def delivery_key(data: Any, body: bytes) -> str:

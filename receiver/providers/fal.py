@@ -40,7 +40,7 @@ import httpx
 from ..errors import BadRequest, ProviderError, SignatureError, ValidationFailed
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import JwksCache, verify_fal
-from .base import Callback, CallbackTarget, Provider, Submission, json_body
+from .base import Callback, CallbackTarget, Provider, Submission, callback_json, json_body
 
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 # fal publishes no prompt limit for FLUX endpoints; this bound only stops absurd requests.
@@ -242,15 +242,14 @@ class FalProvider(Provider):
                 "request id in the body differs from the signed header", cause="mismatch"
             )
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
         """``{request_id, gateway_request_id, status: OK|ERROR, payload, error, payload_error}``.
 
         ``OK`` without a payload (fal could not serialise it: ``payload_error``) is pending:
         the reconciler fetches the result by polling."""
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise BadRequest("fal: callback body is not JSON") from None
+        data = callback_json(body, parsed, self.name)
         if not isinstance(data, dict):
             raise BadRequest("fal: callback body is not an object")
         request_id = data.get("request_id") or headers.get("x-fal-webhook-request-id")

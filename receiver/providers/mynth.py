@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -29,7 +28,7 @@ from typing import Any
 from ..errors import BadRequest, ProviderError, SignatureError, ValidationFailed
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import verify_mynth_legacy, verify_standard
-from .base import Callback, CallbackTarget, Provider, Submission, json_body
+from .base import Callback, CallbackTarget, Provider, Submission, callback_json, json_body
 
 SEVEN_DAYS = 7 * 24 * 3600.0
 MAX_PROMPT = 8192
@@ -194,11 +193,10 @@ class MynthProvider(Provider):
                 failures.append(exc)
         raise failures[0]
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise BadRequest("mynth: callback body is not JSON") from None
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
+        data = callback_json(body, parsed, self.name)
         outcome, event_id = parse_webhook(data)
         key = headers.get("webhook-id") or headers.get("x-mynth-delivery") or event_id
         if not key:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 from ..errors import BadRequest, ProviderError, SignatureError, ValidationFailed
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import verify_standard
-from .base import Callback, CallbackTarget, Provider, Submission, json_body
+from .base import Callback, CallbackTarget, Provider, Submission, callback_json, json_body
 
 _OWNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
@@ -194,11 +193,10 @@ class ReplicateProvider(Provider):
                 raise
             verify_standard(headers, body, [*fresh, *secrets[1:]], tolerance=self.tolerance_seconds)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise BadRequest("replicate: callback body is not JSON") from None
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
+        data = callback_json(body, parsed, self.name)
         outcome = parse_prediction(data)
         return Callback(
             delivery_key=headers.get("webhook-id") or "",

@@ -3,14 +3,13 @@ and the tests of the core path. Standard Webhooks callbacks, polling, 10-minute 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import BadRequest, ValidationFailed
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import verify_standard
-from .base import Callback, CallbackTarget, Provider, Submission, json_body
+from .base import Callback, CallbackTarget, Provider, Submission, callback_json, json_body
 
 _PARAMS = ("count", "width", "height", "seed", "faults")
 _STATUS = {
@@ -62,11 +61,10 @@ class SimulatedProvider(Provider):
     ) -> None:
         verify_standard(headers, body, secrets, tolerance=self.tolerance_seconds)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise BadRequest("callback body is not JSON") from None
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
+        data = callback_json(body, parsed, self.name)
         outcome = self.parse(data)
         return Callback(
             delivery_key=headers.get("webhook-id") or "",

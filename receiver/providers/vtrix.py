@@ -32,7 +32,7 @@ from urllib.parse import quote
 from ..errors import BadRequest, ProviderError
 from ..models import Outcome, OutcomeStatus, ResultImage, Task
 from ..signatures import verify_bfl
-from .base import Callback, CallbackTarget, Submission, json_body
+from .base import Callback, CallbackTarget, Submission, callback_json, json_body
 from .bfl import (
     FLEX,
     FLUX2,
@@ -40,7 +40,6 @@ from .bfl import (
     BflProvider,
     ModelSpec,
     delivery_key,
-    load_json,
     parse_result,
     url_expiry,
 )
@@ -138,9 +137,11 @@ class VtrixProvider(BflProvider):
         if headers.get("x-bfl-signature") is not None or headers.get("x-webhook-secret"):
             verify_bfl(headers, body, secrets)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+    def parse_callback(
+        self, headers: Mapping[str, str], body: bytes, parsed: Any = None
+    ) -> Callback:
         """The body is assumed to be the task object (not published; a guess), or BFL's shape."""
-        data = _unwrap(load_json(body, self.name))
+        data = _unwrap(callback_json(body, parsed, self.name))
         outcome = parse_any(data)
         return Callback(
             delivery_key=delivery_key(data, body),

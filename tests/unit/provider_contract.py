@@ -132,6 +132,22 @@ class ProviderContract:
             assert deadline is not None
             assert deadline <= received + provider.url_lifetime
 
+    def test_a_callback_body_is_parsed_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """read_callback parses the body strictly and hands that to the adapter, which reads
+        the same outcome as from the raw body without parsing it again."""
+        if self.success_callback is None:
+            pytest.skip(f"{self.name} sends no callbacks")
+        provider = self.provider()
+        body = self.fixture(self.success_callback)
+        headers = self.sign(provider, body, self.secret(provider))
+        expected = provider.read_callback(headers, body)
+
+        def again(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the callback body was parsed a second time")
+
+        monkeypatch.setattr(json, "loads", again)
+        assert provider.read_callback(headers, body) == expected
+
     async def test_tampered_body_is_refused_where_the_provider_signs(self) -> None:
         provider = self.provider()
         if self.success_callback is None:

@@ -19,6 +19,7 @@ from receiver import sidecar
 from receiver.errors import LedgerRefused, ReceiverError, SignatureError, StoreError
 from receiver.fetch import Fetched
 from receiver.models import NewTask, Outcome, OutcomeStatus, Reason, ResultImage, Status
+from receiver.providers.base import check_outcome
 from receiver.reconciler import Reconciler
 from receiver.signatures import check_timestamp, verify_access_token
 from receiver.worker import Worker
@@ -311,6 +312,32 @@ async def test_finding4_malformed_provider_bodies_are_4xx_or_recorded_cleanly(
         if answer.status_code == 200 and mutation.get("status") == "failed":
             assert shown.json()["status"] == "failed"
             assert "deep" in shown.json()["failure"]["message"] or shown.json()["failure"]
+
+
+def test_finding4_outcomes_are_normalised_and_a_clean_one_is_kept_as_it_is() -> None:
+    """check_outcome rewrites what is off (types, NUL, lists) and returns a clean outcome
+    itself rather than a copy; an int that equals its float still becomes the float."""
+    clean = Outcome(
+        OutcomeStatus.SUCCEEDED,
+        images=(ResultImage(url="https://cdn.example/a.png", expires_at=5.0),),
+        provider_task_id="p1",
+        cost="0.1",
+        seed=7,
+    )
+    assert check_outcome(clean, "x") is clean
+    raw = Outcome(
+        OutcomeStatus.SUCCEEDED,
+        images=[ResultImage(url="https://cdn.example/a.png", expires_at=5)],  # type: ignore[arg-type]
+        provider_task_id=7,  # type: ignore[arg-type]
+        cost={"usd": 1},  # type: ignore[arg-type]
+        seed=True,
+        error_message="a\x00b",
+    )
+    checked = check_outcome(raw, "x")
+    assert type(checked.images) is tuple and type(checked.images[0].expires_at) is float
+    assert checked.provider_task_id == "7" and checked.cost == '{"usd": 1}'
+    assert checked.seed is None and checked.error_message == "ab"
+    assert raw.images[0].expires_at == 5 and type(raw.images[0].expires_at) is int
 
 
 async def test_finding4_error_code_as_object_is_not_ledger_unavailable() -> None:
