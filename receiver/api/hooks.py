@@ -13,6 +13,11 @@ from .. import intake
 from ..views import AccountHookAnswer, HookAnswer
 from .common import read_body, render, runtime
 
+# The two answers to a task callback, rendered from their view once rather than per callback.
+_ANSWERS = {
+    status: bytes(render(HookAnswer(status=status)).body) for status in ("accepted", "duplicate")
+}
+
 
 async def task_hook(request: Request) -> Response:
     """``POST /v1/hooks/{provider}/{token}``: a callback for a task we submitted."""
@@ -23,7 +28,7 @@ async def task_hook(request: Request) -> Response:
         request.headers,
         partial(read_body, request),
     )
-    return render(HookAnswer(status=accepted.status))
+    return Response(_ANSWERS[accepted.status], media_type="application/json")
 
 
 async def account_hook(request: Request) -> Response:
