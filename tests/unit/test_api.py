@@ -9,17 +9,21 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
 
+from receiver.api import common
+from receiver.api.common import read_body
 from receiver.app import create_app
-from receiver.errors import LedgerUnavailable
+from receiver.errors import LedgerUnavailable, RequestTimeout
 from receiver.models import NewTask, Reason, Status, StoredObject
 from receiver.signatures import standard_sign
-from receiver.testing import API_KEY, MemoryRuntime, memory_runtime
+from receiver.testing import API_KEY, MemoryRuntime, memory_runtime, memory_settings
 
 from .openapi_check import validate_response
 
@@ -494,6 +498,62 @@ async def test_bodies_past_the_cap_are_refused_while_streaming(api: httpx.AsyncC
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
     bad = await api.post("/v1/tasks", content=b"{}", headers={**AUTH, "content-length": "x"})
     assert bad.status_code == 400 and error_code(bad) == "bad_request"
+
+
+def _body_request(pieces: list[bytes], timeout: float) -> Request:
+    """A request whose body comes in ``pieces`` and then stops coming (never ends)."""
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the sender went quiet
+        raise AssertionError("unreachable")
+
+    settings = memory_settings(server={"body_read_timeout_seconds": timeout})
+    app = SimpleNamespace(state=SimpleNamespace(runtime=SimpleNamespace(settings=settings)))
+    return Request({"type": "http", "method": "POST", "headers": [], "app": app}, receive)
+
+
+async def test_a_body_that_stops_coming_is_408_and_a_finished_one_is_left_alone() -> None:
+    with pytest.raises(RequestTimeout, match="body_read_timeout_seconds"):
+        await read_body(_body_request([b"{", b'"a"'], 0.05), 1000)
+
+    async def whole() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    request = _body_request([], 0.05)
+    request._receive = whole
+    assert await read_body(request, 1000) == b"{}"
+    await asyncio.sleep(0.2)  # past the deadline: its timer went with the read, nothing fires
+
+
+async def test_cancelling_a_body_read_is_a_cancellation_not_a_408() -> None:
+    """Shutdown (or a client gone) cancels the handler: that must stay a CancelledError, also
+    when the body's deadline fires at the same moment."""
+    reading = asyncio.ensure_future(read_body(_body_request([b"{"], 60), 1000))
+    await asyncio.sleep(0.01)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+
+    async def both() -> None:
+        deadline = common._Deadline(60)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # from elsewhere, and then the deadline, in the same turn
+        deadline._last -= 120
+        deadline._due()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            assert not deadline.expired()
+            raise
+        finally:
+            deadline.stop()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.ensure_future(both())
 
 
 async def test_health_probe_proves_the_server_holds_the_configured_key(
