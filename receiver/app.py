@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def routes() -> list[Route]:
+    # Starlette tries routes in order: provider callbacks, the bulk of the traffic, first (no
+    # other route's path overlaps theirs).
     return [
+        Route("/v1/hooks/{provider}/{token}", hooks.task_hook, methods=["POST"]),
+        Route("/v1/hooks/{provider}", hooks.account_hook, methods=["POST"]),
         Route("/v1/tasks", tasks.create_task, methods=["POST"]),
         Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),
         Route("/v1/tasks/replay", bulk.bulk_replay, methods=["POST"]),
@@ -36,8 +40,6 @@ def routes() -> list[Route]:
         Route("/v1/tasks/{task_id}/events", events.task_events, methods=["GET"]),
         Route("/v1/tasks/{task_id}/replay", tasks.replay_task, methods=["POST"]),
         Route("/v1/tasks/{task_id}/redeliver", tasks.redeliver_task, methods=["POST"]),
-        Route("/v1/hooks/{provider}/{token}", hooks.task_hook, methods=["POST"]),
-        Route("/v1/hooks/{provider}", hooks.account_hook, methods=["POST"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics_endpoint, methods=["GET"]),

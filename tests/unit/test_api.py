@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.routing import Match
 
 from receiver.api import common
 from receiver.api.common import read_body
-from receiver.app import create_app
+from receiver.app import create_app, routes
 from receiver.errors import LedgerUnavailable, RequestTimeout
 from receiver.models import NewTask, Reason, Status, StoredObject
 from receiver.signatures import standard_sign
@@ -498,6 +500,18 @@ async def test_bodies_past_the_cap_are_refused_while_streaming(api: httpx.AsyncC
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
     bad = await api.post("/v1/tasks", content=b"{}", headers={**AUTH, "content-length": "x"})
     assert bad.status_code == 400 and error_code(bad) == "bad_request"
+
+
+def test_every_route_is_reached_by_its_own_paths_whatever_the_order() -> None:
+    """Routes are listed hottest first (callbacks); that order must never let one route
+    take another's requests."""
+    table = routes()
+    for route in table:
+        path = re.sub(r"{[^}]+}", "x1", route.path)
+        for method in route.methods or ():
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            first = next(r for r in table if r.matches(scope)[0] is Match.FULL)
+            assert first is route, (method, route.path, first.path)
 
 
 def _body_request(pieces: list[bytes], timeout: float) -> Request:
