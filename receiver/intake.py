@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,20 +40,27 @@ class Accepted:
     confirmed: bool = True
 
 
-@contextlib.contextmanager
-def _counted(provider: str) -> Iterator[None]:
-    """Count a refused delivery by its error code (the provider's name is a known one)."""
-    try:
-        yield
-    except SignatureError as exc:
-        metrics.VERIFY_FAILURES.labels(provider, exc.cause).inc()
-        metrics.DELIVERIES.labels(provider, "refused").inc()
-        log.info("callback refused: %s", exc.message, extra={"provider": provider})
-        raise
-    except ReceiverError as exc:
-        metrics.DELIVERIES.labels(provider, exc.code).inc()
-        log.info("callback not accepted: %s", exc.message, extra={"provider": provider})
-        raise
+class _counted:
+    """Count a refused delivery by its error code (the provider's name is a known one). A
+    class, not a generator context: it wraps every callback."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        provider = self.provider
+        if isinstance(exc, SignatureError):
+            metrics.VERIFY_FAILURES.labels(provider, exc.cause).inc()
+            metrics.DELIVERIES.labels(provider, "refused").inc()
+            log.info("callback refused: %s", exc.message, extra={"provider": provider})
+        elif isinstance(exc, ReceiverError):
+            metrics.DELIVERIES.labels(provider, exc.code).inc()
+            log.info("callback not accepted: %s", exc.message, extra={"provider": provider})
 
 
 def _delivery_key(callback: Callback, body: bytes) -> str:
