@@ -28,7 +28,11 @@ from .config import ServerSettings
 
 class _HeaderGuard:
     """A deadline and a size cap for the headers of each request, on either of uvicorn's
-    HTTP/1.1 protocols (mixed in before it)."""
+    HTTP/1.1 protocols (mixed in before it).
+
+    The deadline is one timer per connection, moved lazily: a request's start only notes the
+    time, and a timer that fires early (the connection served requests meanwhile) waits again
+    for the rest. A timer made and cancelled per request cost ~4 us of each callback."""
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -36,6 +40,8 @@ class _HeaderGuard:
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     _header_timer: asyncio.TimerHandle | None = None
+    _waiting: bool = False  # for a request's headers, since _since
+    _since: float = 0.0
     _head: bytes = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -45,7 +51,7 @@ class _HeaderGuard:
     def data_received(self, data: bytes) -> None:
         # h11 checks its size cap only while a header block is incomplete: a large block that
         # arrives at once would pass. So the block is measured here, up to its blank line.
-        if self._header_timer is not None:
+        if self._waiting:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
             if (end if end >= 0 else len(self._head)) > self.max_header_bytes:
@@ -56,7 +62,7 @@ class _HeaderGuard:
         super().data_received(data)  # type: ignore[misc]
 
     def _refuse_headers(self) -> None:
-        self._disarm()
+        self._stop()
         body = (
             b'{"error":{"code":"headers_too_large","message":"request headers over '
             + str(self.max_header_bytes).encode()
@@ -76,21 +82,38 @@ class _HeaderGuard:
         super().on_response_complete()  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._stop()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
-        self._disarm()
+        """Headers are due from now."""
         self._head = b""
-        self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+        self._waiting = True
+        self._since = self.loop.time()
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_at(self._since + self.header_timeout, self._due)
 
     def _disarm(self) -> None:
+        """A request's headers are complete (its timer, if any, finds nothing to do)."""
+        self._waiting = False
+
+    def _stop(self) -> None:
+        self._waiting = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
-    def _too_slow(self) -> None:
+    def _due(self) -> None:
         self._header_timer = None
+        if not self._waiting:
+            return  # the next _arm starts a timer again
+        due = self._since + self.header_timeout
+        if self.loop.time() < due:
+            self._header_timer = self.loop.call_at(due, self._due)
+            return
+        self._too_slow()
+
+    def _too_slow(self) -> None:
         waiting_for_headers = self.cycle is None or self.cycle.response_complete
         if waiting_for_headers and not self.transport.is_closing():
             self.transport.close()

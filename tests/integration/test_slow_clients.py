@@ -152,6 +152,21 @@ def test_keep_alive_connections_get_the_header_deadline_again() -> None:
         assert closed_by_server(conn)
 
 
+def test_the_header_deadline_is_per_request_on_a_busy_connection() -> None:
+    """The deadline is one timer per connection, moved lazily: a connection serving request
+    after request for longer than the deadline is not cut off, and a request on it whose
+    headers then stall still is."""
+    with serving(header_timeout_seconds=0.5, keepalive_seconds=30) as port:
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.settimeout(20)
+        for _ in range(12):  # 0.1 s apart: 1.2 s in all, past the 0.5 s deadline
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+            threading.Event().wait(0.1)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # then nothing more
+        assert closed_by_server(conn)
+
+
 @pytest.mark.anyio
 async def test_serve_freezes_what_startup_made_out_of_the_collectors_sight(
     monkeypatch: pytest.MonkeyPatch,
