@@ -205,9 +205,7 @@ async def _one_callback(access_log: bool) -> tuple[str, list[str]]:
     request ids."""
     async with memory_runtime(server={"access_log": access_log}) as rt:
         task = await rt.submitted_task()
-        path, headers, body = rt.callback(
-            task, {"id": task.provider_task_id, "status": "pending"}
-        )
+        path, headers, body = rt.callback(task, {"id": task.provider_task_id, "status": "pending"})
         app = create_app(rt.settings, runtime=rt, background=False)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -251,6 +249,25 @@ async def test_without_the_access_log_intake_logs_the_outcome_itself(lines: Line
             "delivery": delivery,
             "status": "pending",
         }
+
+
+@pytest.mark.anyio
+async def test_the_access_channel_obeys_its_own_level(
+    client: httpx.AsyncClient, lines: Lines
+) -> None:
+    """The access line is handed to its logger directly: the level set on ``receiver.access``
+    (README names the channel) still decides."""
+    channel = logging.getLogger("receiver.access")
+    channel.setLevel(logging.WARNING)
+    try:
+        assert (await client.get("/items/1")).status_code == 200
+    finally:
+        channel.setLevel(logging.NOTSET)
+    assert not [ln for ln in lines.lines if ln["logger"] == "receiver.access"]
+    assert (await client.get("/items/2")).status_code == 200
+    assert [ln["route"] for ln in lines.lines if ln["logger"] == "receiver.access"] == [
+        "/items/{item_id}"
+    ]
 
 
 def test_access_log_can_be_turned_off(lines: Lines) -> None:
