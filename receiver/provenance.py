@@ -23,7 +23,7 @@ import logging
 import threading
 import weakref
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from .config import ProvenanceSettings
 
@@ -300,6 +300,43 @@ def read_bytes(data: bytes, content_type: str, trust_anchors: str | None = None)
     return summarize(store)
 
 
+def _chunks_hold(data: bytes, pos: int, box: bytes, end_box: bytes, little: bool) -> bool | None:
+    """Walk a PNG's (big-endian lengths, CRC after each chunk) or RIFF's (little-endian, padded
+    to even) chunk list for ``box``: True if found, False if the list ends cleanly without it,
+    None if the structure does not hold together (the caller then searches the bytes)."""
+    size = len(data)
+    order: Literal["big", "little"] = "little" if little else "big"
+    while pos + 8 <= size:
+        kind = data[pos + 4 : pos + 8] if not little else data[pos : pos + 4]
+        length = int.from_bytes(
+            data[pos : pos + 4] if not little else data[pos + 4 : pos + 8], order
+        )
+        if kind == box:
+            return True
+        pos += 8 + length + (4 if not little else length & 1)
+        if kind == end_box:
+            break
+    if pos == size:
+        return False
+    if pos > size:
+        return None
+    return MANIFEST_STORE_BOX in data[pos:]  # bytes after the end: searched like any others
+
+
+def may_hold_manifest(data: bytes) -> bool:
+    """False only where no C2PA manifest store can be: a PNG without a ``caBX`` chunk, a WebP
+    without a ``C2PA`` chunk (their chunk lists are walked, a handful of steps), or any other
+    bytes without a manifest store's description box (searched: ~0.5 ms per 2 MiB)."""
+    found: bool | None = None
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        found = _chunks_hold(data, 8, b"caBX", b"IEND", little=False)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        found = _chunks_hold(data, 12, b"C2PA", b"", little=True)
+    if found is None:
+        found = MANIFEST_STORE_BOX in data
+    return found
+
+
 def _copy(file: IO[bytes], limit: int) -> bytes:
     file.seek(0)
     try:
@@ -364,7 +401,7 @@ async def read(file: IO[bytes], content_type: str, settings: ProvenanceSettings)
                 data = await asyncio.to_thread(_copy, file, settings.max_bytes + 1)
             if len(data) > settings.max_bytes:
                 return skipped(f"image larger than provenance.max_bytes ({settings.max_bytes})")
-            if MANIFEST_STORE_BOX not in data:
+            if not may_hold_manifest(data):
                 # Without a manifest store's description box there is no store, and the reader
                 # (a thread and ~2 ms of CPU per 2 MiB image) has nothing to find.
                 return _block(ABSENT, present=False)

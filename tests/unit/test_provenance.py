@@ -188,6 +188,38 @@ async def test_bytes_without_the_manifest_label_skip_the_reader(
     assert block["status"] == "valid" and len(calls) == 2
 
 
+def _encoded(fmt: str, image: bytes) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("RGB").save(out, fmt.split("/")[1].upper())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["image/png", "image/jpeg", "image/webp"])
+def test_the_manifest_precheck_agrees_with_the_reader(chain: kit.Chain, fmt: str) -> None:
+    """PNG and WebP by their chunk lists, JPEG by searching the bytes: a signed image always
+    goes to the reader, a plain one never needs to."""
+    plain = _encoded(fmt, kit.png())
+    signed = kit.sign(chain, plain, fmt=fmt)
+    assert provenance.read_bytes(signed, fmt)["status"] == "valid"
+    assert provenance.may_hold_manifest(signed) is True
+    assert provenance.read_bytes(plain, fmt)["status"] == "absent"
+    assert provenance.may_hold_manifest(plain) is False
+
+
+def test_the_manifest_precheck_searches_what_its_walk_cannot_vouch_for() -> None:
+    plain = kit.png()
+    box = provenance.MANIFEST_STORE_BOX
+    assert provenance.may_hold_manifest(plain + b"junk" + box) is True  # after IEND
+    assert provenance.may_hold_manifest(plain + b"junk") is False
+    broken = plain[:8] + (2**31).to_bytes(4, "big") + plain[12:]  # a length past the end
+    assert provenance.may_hold_manifest(broken) is False
+    assert provenance.may_hold_manifest(broken + box) is True
+    chunked = plain[:-12] + (0).to_bytes(4, "big") + b"caBX" + bytes(4) + plain[-12:]
+    assert provenance.may_hold_manifest(chunked) is True  # a caBX chunk, even an empty one
+
+
 async def test_time_budget_records_a_slow_read_and_moves_on(
     signed: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
