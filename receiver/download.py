@@ -27,7 +27,10 @@ import httpx
 
 from .errors import FetchError
 
-READ_BYTES = 1024 * 1024  # per read from the socket
+# Streamed bodies (no declared length, or past the in-memory limit) are read into one buffer
+# of this size per download, reused for every read: no allocation per read, and 64 downloads
+# at once hold 16 MiB of buffers.
+READ_BYTES = 256 * 1024
 IDLE_PER_ORIGIN = 8  # keep-alive connections kept per (scheme, address, port, host)
 DRAIN_BYTES = 64 * 1024  # a redirect's or error's body read to keep its connection
 USER_AGENT = "receiver"
@@ -57,8 +60,9 @@ class Reply(Protocol):
     def header(self, name: str) -> str | None:
         """A response header by lower-case name."""
 
-    def chunks(self) -> Iterator[bytes]:
-        """The body, decoded of any content coding, in pieces."""
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The body, decoded of any content coding, in pieces; a piece may be a view of a
+        buffer the next piece reuses, so each is consumed before asking for the next."""
 
     def whole(self, size: int) -> bytes | None:
         """The body of declared length ``size`` in one buffer (one allocation the socket reads
@@ -183,7 +187,7 @@ class _SocketReply:
     def header(self, name: str) -> str | None:
         return self.response.getheader(name)
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[bytes | memoryview]:
         coding = (self.header("content-encoding") or "identity").strip().lower()
         decoder = None
         if coding in ("gzip", "x-gzip", "deflate"):
@@ -191,11 +195,14 @@ class _SocketReply:
             decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
         elif coding != "identity":
             raise FetchError(f"{self.url}: unsupported Content-Encoding {coding!r}")
+        buffer = memoryview(bytearray(READ_BYTES))
         try:
             while True:
-                chunk = self.response.read(READ_BYTES)
-                if not chunk:
+                got = self.response.readinto(buffer)
+                if not got:
                     break
+                # A view of the reused buffer: valid until the next read, so used at once.
+                chunk = buffer[:got]
                 yield decoder.decompress(chunk) if decoder is not None else chunk
             if decoder is not None:
                 tail = decoder.flush()
@@ -335,7 +342,7 @@ class _HttpxReply:
         value: str | None = self.response.headers.get(name)
         return value
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[bytes | memoryview]:
         try:
             yield from self.response.iter_bytes()
         except httpx.TransportError as exc:
