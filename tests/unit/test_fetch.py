@@ -247,3 +247,24 @@ async def test_total_timeout_stops_the_download_thread() -> None:
     finally:
         released.set()
         await fetcher.aclose()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2), (1024, 768), (70000, 1)])
+def test_png_dimensions_are_read_from_its_header_as_pillow_reads_them(
+    size: tuple[int, int],
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from receiver.fetch import SNIFF_BYTES, _dimensions
+
+    buf = io.BytesIO()
+    Image.new("L", size).save(buf, "PNG")
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size == size
+    assert _dimensions(io.BytesIO(data), data[:SNIFF_BYTES]) == size
+    jpeg = io.BytesIO()
+    Image.new("RGB", (7, 5)).save(jpeg, "JPEG")
+    assert _dimensions(jpeg, jpeg.getvalue()[:SNIFF_BYTES]) == (7, 5)  # Pillow's path
