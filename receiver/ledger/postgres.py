@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 import anyio
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import backoff
 from ..errors import LedgerRefused, LedgerUnavailable
 from .base import Listener
-from .sql import SqlLedger, Tx, migrations
+from .sql import SqlLedger, Statement, Tx, _Waiting, migrations
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 class PostgresLedger(SqlLedger):
     dialect = "postgres"
+    pipelined = True
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__()
@@ -146,6 +148,71 @@ class PostgresLedger(SqlLedger):
         # The caller wakes this process at once; other replicas hear through LISTEN (so may
         # this one, a second time: a wake-up is idempotent).
         return await self._thread(run)
+
+    async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
+        """A group commit in one pipeline: BEGIN and every call's statement go out together
+        and come back together, then the notifications and COMMIT: two round trips for the
+        group, where running each call's ``fn`` took two to five per call (each a thread
+        waiting for the GIL back). The statements are prepared (server-side binding, once per
+        connection), so the server plans them once."""
+        statements = [statement for _, _, _, statement in batch if statement is not None]
+        if len(statements) < len(batch):
+            return await super()._run_group(batch)
+
+        def run() -> tuple[list[Any], set[str]]:
+            pool = self._pool
+            if pool is None:
+                raise LedgerUnavailable("the ledger is not open")
+            for attempt in range(5):
+                try:
+                    with pool.connection() as conn:
+                        return self._pipeline(conn, batch, statements)
+                except RETRYABLE:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+        return await self._thread(run)
+
+    def _pipeline(
+        self, conn: psycopg.Connection[Any], batch: list[_Waiting], statements: list[Statement[Any]]
+    ) -> tuple[list[Any], set[str]]:
+        # BEGIN and COMMIT are sent as statements, in autocommit mode: psycopg's own
+        # transaction handling waits for a Sync after BEGIN and before COMMIT in a pipeline.
+        conn.autocommit = True
+        try:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    tx = Tx(conn.cursor(), self.q, self.now())
+                    cursors = []
+                    for statement in statements:
+                        cursor = psycopg.Cursor(conn, row_factory=dict_row)
+                        params = {"now": tx.now, **statement.params}
+                        cursor.execute(self.q[statement.name], params, prepare=True)
+                        cursors.append(cursor)
+                    results = []
+                    for (context, _, _, _), statement, cursor in zip(
+                        batch, statements, cursors, strict=True
+                    ):
+                        row = cursor.fetchone()  # the first one waits for them all
+                        if row is None:
+                            raise RuntimeError(f"{statement.name} returned no row")
+                        results.append(context.run(statement.finish, row, tx))
+                    for channel in sorted(tx.channels):
+                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, channel))
+                    commit = conn.execute("COMMIT")
+                # COMMIT of a transaction a statement aborted answers ROLLBACK, not an error.
+                if commit.statusmessage != "COMMIT":
+                    raise LedgerUnavailable(f"group commit ended in {commit.statusmessage}")
+                return results, tx.channels
+            except BaseException:
+                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.autocommit = False
 
     async def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)

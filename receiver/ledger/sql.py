@@ -15,8 +15,9 @@ import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .. import metrics, tracing
 from ..errors import LedgerRefused, LedgerUnavailable, NotFound
@@ -47,8 +48,13 @@ SUBMIT_LEASE_SECONDS = 90.0
 
 
 def load_queries(dialect: str) -> dict[str, str]:
-    """Parse ``-- name: x`` blocks and adapt placeholders to the dialect's driver."""
-    text = resources.files(__package__).joinpath("queries.sql").read_text()
+    """Parse ``-- name: x`` blocks and adapt placeholders to the dialect's driver: those of
+    ``queries.sql`` and, where the dialect has one, of ``queries_<dialect>.sql``."""
+    folder = resources.files(__package__)
+    text = folder.joinpath("queries.sql").read_text()
+    own = folder.joinpath(f"queries_{dialect}.sql")
+    if own.is_file():
+        text += "\n" + own.read_text()
     queries: dict[str, str] = {}
     name: str | None = None
     lines: list[str] = []
@@ -215,7 +221,23 @@ def _task(row: Row) -> Task:
 
 GROUP_MAX = 64  # calls sharing one group commit at most
 PURGE_BATCH = 5000  # rows (events: tasks) deleted per retention transaction
-_Waiting = tuple[contextvars.Context, Callable[["Tx"], Any], "asyncio.Future[Any]"]
+
+
+@dataclass(frozen=True)
+class Statement(Generic[T]):
+    """A grouped call as one named statement, for a backend that sends a group's statements
+    together (PostgreSQL's pipeline mode) instead of running each call's ``fn``: its
+    parameters (``now`` is added) and how its one row becomes the call's result, in the same
+    transaction (``tx`` for the rare case the statement could not decide alone)."""
+
+    name: str
+    params: dict[str, Any]
+    finish: Callable[[Row, Tx], T]
+
+
+_Waiting = tuple[
+    contextvars.Context, Callable[["Tx"], Any], "asyncio.Future[Any]", "Statement[Any] | None"
+]
 
 
 def _within(context: contextvars.Context, fn: Callable[[Tx], T]) -> Callable[[Tx], T]:
@@ -229,6 +251,33 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """Mark a group member's error as seen, for a caller that went away before it came."""
     if not future.cancelled():
         future.exception()
+
+
+_FAILURE = {
+    OutcomeStatus.MODERATED: Reason.MODERATED,
+    OutcomeStatus.UNPARSED: Reason.UNPARSED_RESPONSE,
+}
+
+
+def _verdict(outcome: Outcome) -> tuple[str, Reason | None, str | None]:
+    """What an outcome does to a submitted task: ``none`` (pending), ``complete``, or
+    ``fail`` with the reason and message recorded."""
+    if not outcome.final:
+        return "none", None, None
+    if outcome.status is OutcomeStatus.SUCCEEDED:
+        if outcome.images:
+            return "complete", None, None
+        return "fail", Reason.PROVIDER_ERROR, "the provider reported success without images"
+    reason = _FAILURE.get(outcome.status, Reason.PROVIDER_ERROR)
+    return "fail", reason, outcome.error_message or outcome.error_code or reason.value
+
+
+def _event_data(data: dict[str, Any]) -> str:
+    """An event's data as stored, with the HTTP request that caused it, for the operator."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        data = {**data, "request_id": request_id}
+    return _dumps(data)
 
 
 def _dumps(value: Any) -> str:
@@ -245,6 +294,8 @@ class SqlLedger(Ledger):
     # Group commits in flight at once: SQLite has one writer; PostgreSQL overlaps several so
     # one group's round trips do not hold up the next.
     group_flushers = 1
+    # Whether grouped calls also come as a ``Statement`` (see ``_run_group``).
+    pipelined = False
 
     def __init__(self) -> None:
         self.q = load_queries(self.dialect)
@@ -263,15 +314,16 @@ class SqlLedger(Ledger):
         await self._wake(channels)
         return result
 
-    async def _grouped(self, fn: Callable[[Tx], T]) -> T:
+    async def _grouped(self, fn: Callable[[Tx], T], statement: Statement[T] | None = None) -> T:
         """Group commit: like ``_tx``, but calls that arrive while a transaction is being
         committed share the next one (each ``fn`` in its caller's context), and every caller
         returns only after that commit. One commit, one thread hop and, on PostgreSQL, one
         WAL flush per group instead of per call. If the shared transaction fails, each call
-        is retried in a transaction of its own, so one bad call cannot fail the others."""
+        is retried in a transaction of its own, so one bad call cannot fail the others.
+        ``statement`` is the same call as one statement, for a backend that pipelines them."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
-        self._group.append((contextvars.copy_context(), fn, future))
+        self._group.append((contextvars.copy_context(), fn, future, statement))
         if len(self._flushers) < self.group_flushers:
             self._flushers.add(asyncio.create_task(self._flush_groups()))
         with observed(self.dialect, fn):
@@ -287,7 +339,7 @@ class SqlLedger(Ledger):
                 try:
                     await self._commit_group(batch)
                 except BaseException as exc:
-                    for _, _, future in batch:
+                    for _, _, future, _ in batch:
                         if not future.done():
                             future.set_exception(
                                 LedgerUnavailable(f"group commit stopped: {exc!r}")
@@ -299,17 +351,23 @@ class SqlLedger(Ledger):
             # a call queued in between would wait for the next caller.)
             self._flushers.discard(me)  # type: ignore[arg-type]
 
-    async def _commit_group(self, batch: list[_Waiting]) -> None:
-        def together(tx: Tx) -> list[Any]:
-            return [context.run(fn, tx) for context, fn, _ in batch]
+    async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
+        """Run a group's calls in one transaction and commit: their results and the channels
+        to wake. Here each ``fn`` in turn; a backend may send the statements instead."""
 
+        def together(tx: Tx) -> list[Any]:
+            return [context.run(fn, tx) for context, fn, _, _ in batch]
+
+        return await self._run(together)
+
+    async def _commit_group(self, batch: list[_Waiting]) -> None:
         try:
-            results, channels = await self._run(together)
+            results, channels = await self._run_group(batch)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0][2].set_exception(exc)
                 return
-            for context, fn, future in batch:  # find the one that failed: each on its own
+            for context, fn, future, _ in batch:  # find the one that failed: each on its own
                 try:
                     result, alone = await self._run(_within(context, fn))
                 except Exception as error:
@@ -319,7 +377,7 @@ class SqlLedger(Ledger):
                 future.set_result(result)
             return
         await self._wake(channels)
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, future, _), result in zip(batch, results, strict=True):
             future.set_result(result)
 
     async def listen(self, listener: Listener) -> None:
@@ -335,10 +393,7 @@ class SqlLedger(Ledger):
     # --- helpers used inside a transaction -------------------------------------------------
 
     def _event(self, tx: Tx, task_id: str, status: str, data: dict[str, Any]) -> None:
-        request_id = REQUEST_ID.get()  # the HTTP request that caused it, for the operator
-        if request_id is not None:
-            data = {**data, "request_id": request_id}
-        tx.run("insert_event", task_id=task_id, status=status, data=_dumps(data))
+        tx.run("insert_event", task_id=task_id, status=status, data=_event_data(data))
         tx.changed(f"task:{task_id}")
 
     def _notification(self, tx: Tx, task_id: str, event: str) -> None:
@@ -491,6 +546,8 @@ class SqlLedger(Ledger):
         deadline: float | None,
         provider_task_id: str | None = None,
     ) -> RecordResult:
+        action, reason, message = _verdict(outcome)
+
         def fn(tx: Tx) -> RecordResult:
             task = self._get(tx, task_id)
             if task is None:
@@ -504,18 +561,9 @@ class SqlLedger(Ledger):
                 )
                 if fresh is None:
                     return RecordResult(duplicate=True, task=task)
-            if not outcome.final or task.status is not Status.SUBMITTED:
+            if action == "none" or task.status is not Status.SUBMITTED:
                 return RecordResult(duplicate=False, task=task)
-            if outcome.status is OutcomeStatus.SUCCEEDED and not outcome.images:
-                failed = self._fail(
-                    tx,
-                    task_id,
-                    Reason.PROVIDER_ERROR,
-                    "the provider reported success without images",
-                    outcome,
-                )
-                return RecordResult(duplicate=False, task=failed or task)
-            if outcome.status is OutcomeStatus.SUCCEEDED:
+            if action == "complete":
                 row = tx.one(
                     "complete_task",
                     id=task_id,
@@ -530,22 +578,106 @@ class SqlLedger(Ledger):
                 self._event(tx, task_id, "completed", {"images": len(outcome.images)})
                 self._enqueue(tx, task_id, deadline)
                 return RecordResult(duplicate=False, task=_task(row), job_enqueued=True)
-            if outcome.raw is not None:
+            assert reason is not None and message is not None
+            if outcome.raw is not None and outcome.status is not OutcomeStatus.SUCCEEDED:
                 tx.run(
                     "insert_raw",
                     task_id=task_id,
                     content_type=outcome.raw_content_type,
                     data=outcome.raw,
                 )
-            reason = {
-                OutcomeStatus.MODERATED: Reason.MODERATED,
-                OutcomeStatus.UNPARSED: Reason.UNPARSED_RESPONSE,
-            }.get(outcome.status, Reason.PROVIDER_ERROR)
-            message = outcome.error_message or outcome.error_code or reason.value
             failed = self._fail(tx, task_id, reason, message, outcome)
             return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
 
-        return await self._grouped(fn)
+        statement = None
+        if self.pipelined:
+            statement = self._outcome_statement(
+                task_id,
+                outcome,
+                provider=provider,
+                delivery_key=delivery_key,
+                deadline=deadline,
+                provider_task_id=provider_task_id,
+            )
+        return await self._grouped(fn, statement)
+
+    def _outcome_statement(
+        self,
+        task_id: str,
+        outcome: Outcome,
+        *,
+        provider: str,
+        delivery_key: str | None,
+        deadline: float | None,
+        provider_task_id: str | None,
+    ) -> Statement[RecordResult] | None:
+        """``record_outcome`` as the one statement of that name (queries_postgres.sql), which
+        decides as ``fn`` above does. What Python computes for it (JSON, an event's data with
+        its request id, a notification id) is made here, in the caller's context. None when
+        the outcome cannot be stored: ``fn`` then says so only where it would store it."""
+        action, reason, message = _verdict(outcome)
+        try:
+            stored = _dumps(outcome.to_json()) if action != "none" else None
+            if action == "complete":
+                event: str | None = _event_data({"images": len(outcome.images)})
+            elif action == "fail":
+                assert reason is not None
+                event = _event_data({"reason": reason.value, "message": message})
+            else:
+                event = None
+        except LedgerRefused:
+            return None
+        inline = [
+            (index, image.inline)
+            for index, image in enumerate(outcome.images)
+            if image.inline is not None and action == "complete"
+        ]
+        params = {
+            "id": task_id,
+            "provider": provider,
+            "key": delivery_key,
+            "provider_task_id": provider_task_id,
+            "action": action,
+            "outcome": stored,
+            "outcome_task_id": outcome.provider_task_id,
+            "reason": reason.value if reason else None,
+            "message": message,
+            "raw": outcome.raw if outcome.status is not OutcomeStatus.SUCCEEDED else None,
+            "raw_content_type": outcome.raw_content_type,
+            "inline_idx": [index for index, _ in inline],
+            "inline_data": [data for _, data in inline],
+            "event": event,
+            "deadline": deadline,
+            "nid": new_id("msg") if action == "fail" else None,
+        }
+
+        def finish(row: Row, tx: Tx) -> RecordResult:
+            if not row["found"]:
+                return RecordResult(duplicate=False, task=None)
+            task = _task(row)
+            if not row["allowed"]:
+                return RecordResult(duplicate=False, task=task, mismatch=True)
+            if delivery_key is not None and not row["fresh"]:
+                return RecordResult(duplicate=True, task=task)
+            if not row["go"]:
+                return RecordResult(duplicate=False, task=task)
+            if row["changed"]:
+                tx.changed(f"task:{task_id}")
+                if action == "complete":
+                    tx.changed("jobs")
+                    return RecordResult(duplicate=False, task=task, job_enqueued=True)
+                if row["notified"]:
+                    tx.changed("notify")
+                return RecordResult(duplicate=False, task=task)
+            # Another transaction changed the task after the statement's snapshot: what fn
+            # would do next, with statements that see it.
+            if action == "fail":
+                assert reason is not None and message is not None
+                failed = self._fail(tx, task_id, reason, message, outcome)
+                return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
+            return RecordResult(duplicate=False, task=self._get(tx, task_id))
+
+        return Statement("record_outcome", params, finish)
 
     async def fail_task(self, task_id: str, reason: Reason, message: str) -> Task | None:
         def fn(tx: Tx) -> Task | None:
