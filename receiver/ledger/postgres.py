@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from .. import backoff
 from ..errors import LedgerRefused, LedgerUnavailable
@@ -34,6 +34,23 @@ MIGRATION_LOCK = 0x7265636569766572  # "receiver"
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
+INTRANS, INERROR = pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR
+# Group commits in flight at once, each with a connection of the group pool.
+GROUP_CONNECTIONS = 4
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """psycopg's errors as the ledger's: an outage, or a value it cannot store."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+        raise LedgerUnavailable("postgresql: " + " ".join(str(exc).split())) from exc
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+        # A value it cannot store (NUL in text, out of range): the data, not an outage.
+        raise LedgerRefused(f"the ledger cannot record this value ({type(exc).__name__})") from exc
+
+
 class PostgresLedger(SqlLedger):
     dialect = "postgres"
     pipelined = True
@@ -42,11 +59,11 @@ class PostgresLedger(SqlLedger):
         super().__init__()
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.pool_size = pool_size
-        # Group commits in flight at once: most of the pool, two connections left for the
-        # workers, the reconciler and the notifier (8 of 10 gave 0.58 x SQLite's callbacks/s
-        # against 0.48 x with 2 or 4, in the same runs).
-        self.group_flushers = max(1, pool_size - 2)
+        # Group commits in flight at once, each on a connection of its own pool, driven from
+        # the event loop (see _run_group).
+        self.group_flushers = GROUP_CONNECTIONS
         self._pool: ConnectionPool[Any] | None = None
+        self._group_pool: AsyncConnectionPool[Any] | None = None
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -65,15 +82,8 @@ class PostgresLedger(SqlLedger):
         conn.row_factory = dict_row  # type: ignore[assignment]
 
     async def _thread(self, fn: Callable[[], T]) -> T:
-        try:
+        with _translated():
             return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise LedgerUnavailable("postgresql: " + " ".join(str(exc).split())) from exc
-        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-            # A value it cannot store (NUL in text, out of range): the data, not an outage.
-            raise LedgerRefused(
-                f"the ledger cannot record this value ({type(exc).__name__})"
-            ) from exc
 
     async def open(self) -> None:
         def fn() -> None:
@@ -94,6 +104,19 @@ class PostgresLedger(SqlLedger):
 
         if self._pool is None:
             await self._thread(fn)
+        if self._group_pool is None:
+            group_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.group_flushers,
+                # BEGIN and COMMIT are sent as statements (see _pipeline).
+                kwargs={"autocommit": True},
+                timeout=10.0,
+                open=False,
+            )
+            with _translated():
+                await group_pool.open(wait=True, timeout=10.0)
+            self._group_pool = group_pool
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -119,6 +142,9 @@ class PostgresLedger(SqlLedger):
             with contextlib.suppress(BaseException):
                 await self._listen_task
             self._listen_task = None
+        group_pool, self._group_pool = self._group_pool, None
+        if group_pool is not None:
+            await group_pool.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await anyio.to_thread.run_sync(pool.close)
@@ -150,69 +176,65 @@ class PostgresLedger(SqlLedger):
         return await self._thread(run)
 
     async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
-        """A group commit in one pipeline: BEGIN and every call's statement go out together
-        and come back together, then the notifications and COMMIT: two round trips for the
-        group, where running each call's ``fn`` took two to five per call (each a thread
-        waiting for the GIL back). The statements are prepared (server-side binding, once per
-        connection), so the server plans them once."""
+        """A group commit as one pipeline from the event loop: BEGIN, every call's statement
+        and COMMIT go out together and come back together, one round trip for the group.
+        Running each call's ``fn`` on the thread pool took two to five round trips per call,
+        each a thread waiting for the GIL back from the busy event loop. The statements are
+        prepared (server-side binding, once per connection), so the server plans them once.
+        A group that fails is tried again call by call through ``fn`` (_commit_group)."""
         statements = [statement for _, _, _, statement in batch if statement is not None]
-        if len(statements) < len(batch):
+        group_pool = self._group_pool
+        if len(statements) < len(batch) or group_pool is None:
             return await super()._run_group(batch)
-
-        def run() -> tuple[list[Any], set[str]]:
-            pool = self._pool
-            if pool is None:
-                raise LedgerUnavailable("the ledger is not open")
+        with _translated():
             for attempt in range(5):
                 try:
-                    with pool.connection() as conn:
-                        return self._pipeline(conn, batch, statements)
+                    async with group_pool.connection() as conn:
+                        rows = await self._pipeline(conn, statements)
+                    break
                 except RETRYABLE:
                     if attempt == 4:
                         raise
-                    time.sleep(0.01 * (attempt + 1))
-            raise AssertionError("unreachable")
+                    await asyncio.sleep(0.01 * (attempt + 1))
+        channels: set[str] = set()
+        results = [
+            statement.finish(row, channels) for statement, row in zip(statements, rows, strict=True)
+        ]
+        return results, channels
 
-        return await self._thread(run)
-
-    def _pipeline(
-        self, conn: psycopg.Connection[Any], batch: list[_Waiting], statements: list[Statement[Any]]
-    ) -> tuple[list[Any], set[str]]:
-        # BEGIN and COMMIT are sent as statements, in autocommit mode: psycopg's own
-        # transaction handling waits for a Sync after BEGIN and before COMMIT in a pipeline.
-        conn.autocommit = True
+    async def _pipeline(
+        self, conn: psycopg.AsyncConnection[Any], statements: list[Statement[Any]]
+    ) -> list[dict[str, Any]]:
+        """One transaction, sent at once; its rows once COMMIT has answered. The connection
+        is in autocommit mode: psycopg's own transaction handling would wait for a Sync after
+        BEGIN and before COMMIT."""
+        params = {"now": self.now(), "channel": CHANNEL}
         try:
-            try:
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    tx = Tx(conn.cursor(), self.q, self.now())
-                    cursors = []
-                    for statement in statements:
-                        cursor = psycopg.Cursor(conn, row_factory=dict_row)
-                        params = {"now": tx.now, **statement.params}
-                        cursor.execute(self.q[statement.name], params, prepare=True)
-                        cursors.append(cursor)
-                    results = []
-                    for (context, _, _, _), statement, cursor in zip(
-                        batch, statements, cursors, strict=True
-                    ):
-                        row = cursor.fetchone()  # the first one waits for them all
-                        if row is None:
-                            raise RuntimeError(f"{statement.name} returned no row")
-                        results.append(context.run(statement.finish, row, tx))
-                    for channel in sorted(tx.channels):
-                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, channel))
-                    commit = conn.execute("COMMIT")
-                # COMMIT of a transaction a statement aborted answers ROLLBACK, not an error.
-                if commit.statusmessage != "COMMIT":
-                    raise LedgerUnavailable(f"group commit ended in {commit.statusmessage}")
-                return results, tx.channels
-            except BaseException:
-                if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.autocommit = False
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                cursors = []
+                for statement in statements:
+                    cursor = psycopg.AsyncCursor(conn, row_factory=dict_row)
+                    query = self.q[statement.name]
+                    await cursor.execute(query, {**params, **statement.params}, prepare=True)
+                    cursors.append(cursor)
+                commit = await conn.execute("COMMIT")
+        except BaseException:
+            if conn.info.transaction_status in (INTRANS, INERROR):
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
+        # A COMMIT of a transaction a statement had aborted answers ROLLBACK, not an error
+        # (the statement's own error is raised above, as the pipeline ends).
+        if commit.statusmessage != "COMMIT":
+            raise LedgerUnavailable(f"a group commit ended in {commit.statusmessage}")
+        rows = []
+        for statement, cursor in zip(statements, cursors, strict=True):
+            row = await cursor.fetchone()
+            if row is None:
+                raise RuntimeError(f"{statement.name} returned no row")
+            rows.append(row)
+        return rows
 
     async def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)

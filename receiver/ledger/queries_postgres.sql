@@ -1,23 +1,49 @@
 -- Statements only the PostgreSQL ledger runs, loaded beside queries.sql (same :name
 -- parameters). They are sent with server-side binding and prepared once per connection, so
 -- every parameter is CAST where it is used: a NULL carries no type of its own.
+--
+-- record_delivery and record_outcome are SqlLedger.record_outcome's transaction, each in one
+-- statement, so the callbacks of a group commit reach the server together in one pipeline
+-- with BEGIN and COMMIT (one round trip for the group) instead of two to five round trips
+-- per callback. They decide as the Python version does, in the same order: no task, nothing;
+-- a callback for another provider task (mismatch), nothing; a delivery key seen before,
+-- duplicate and nothing; a pending outcome, or a task no longer submitted, only the delivery
+-- is kept. Each returns one row: the task as changed (or as read; NULLs when found is false)
+-- and the flags the caller needs. Data-modifying CTEs share one snapshot and cannot see each
+-- other's rows, so each step names the one before it through RETURNING.
 
--- name: record_outcome
--- SqlLedger.record_outcome's transaction logic in one statement, so the callbacks of a group
--- commit reach the server together in one pipeline instead of two to five round trips each.
--- It decides as the Python version does, in the same order: no task, nothing; a callback for
--- another provider task (mismatch), nothing; a delivery key seen before, duplicate and
--- nothing; a pending outcome or a task no longer submitted, only the delivery is kept;
--- otherwise :action says what the outcome does: 'complete' (outcome, inline images, event,
--- archive job) or 'fail' (raw answer, failure, queued jobs dead, event, notification).
--- The row returned is the task as changed (or as read; NULLs when found is false) and the
--- flags the caller needs. All CTEs share the statement's snapshot, so each step names the
--- one before it through RETURNING, and both updates require the status the snapshot showed
--- ('submitted'): when another transaction changed the task meanwhile, go is true and changed
--- false, and the caller finishes that callback in Python in the same transaction, with
--- statements that see what the other committed.
+-- name: record_delivery
+-- A pending outcome: nothing but the delivery changes, so the task is read without a lock.
 WITH task AS (
     SELECT * FROM tasks WHERE id = CAST(:id AS TEXT)
+), allowed AS (
+    SELECT id FROM task
+    WHERE CAST(:provider_task_id AS TEXT) IS NULL OR provider_task_id IS NULL
+       OR provider_task_id = CAST(:provider_task_id AS TEXT)
+), delivery AS (
+    INSERT INTO deliveries (provider, key, task_id, received_at)
+    SELECT CAST(:provider AS TEXT), CAST(:key AS TEXT), id, CAST(:now AS DOUBLE PRECISION)
+    FROM allowed WHERE CAST(:key AS TEXT) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING key
+), flags AS (
+    SELECT EXISTS (SELECT 1 FROM task) AS found,
+           EXISTS (SELECT 1 FROM allowed) AS allowed,
+           EXISTS (SELECT 1 FROM delivery) AS fresh,
+           FALSE AS changed,
+           FALSE AS notified
+)
+SELECT r.*, f.* FROM flags AS f LEFT JOIN task AS r ON TRUE
+
+-- name: record_outcome
+-- A final outcome: :action says what it does to a submitted task, 'complete' (outcome,
+-- inline images, event, archive job) or 'fail' (raw answer, failure, queued jobs dead,
+-- event, notification). The task row is locked as it is read (FOR UPDATE), so the status
+-- decided on is the latest committed one and no other transaction changes it before this
+-- one commits: the updates below then apply exactly when go says so. Changes are announced
+-- with pg_notify, delivered at commit.
+WITH task AS (
+    SELECT * FROM tasks WHERE id = CAST(:id AS TEXT) FOR UPDATE
 ), allowed AS (
     SELECT id, status FROM task
     WHERE CAST(:provider_task_id AS TEXT) IS NULL OR provider_task_id IS NULL
@@ -30,7 +56,7 @@ WITH task AS (
     RETURNING key
 ), go AS (
     SELECT id FROM allowed
-    WHERE status = 'submitted' AND CAST(:action AS TEXT) IN ('complete', 'fail')
+    WHERE status = 'submitted'
       AND (CAST(:key AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM delivery))
 ), raw AS (
     INSERT INTO raw_responses (task_id, content_type, data, received_at)
@@ -45,14 +71,14 @@ WITH task AS (
         provider_task_id = COALESCE(provider_task_id, CAST(:outcome_task_id AS TEXT)),
         next_poll_at = NULL
     WHERE id = (SELECT id FROM go) AND CAST(:action AS TEXT) = 'complete'
-      AND status = 'submitted'
     RETURNING *
 ), failed AS (
     UPDATE tasks
     SET status = 'failed', failure_reason = CAST(:reason AS TEXT),
-        failure_message = CAST(:message AS TEXT), outcome = COALESCE(CAST(:outcome AS TEXT), outcome),
+        failure_message = CAST(:message AS TEXT),
+        outcome = COALESCE(CAST(:outcome AS TEXT), outcome),
         updated_at = CAST(:now AS DOUBLE PRECISION), next_poll_at = NULL
-    WHERE id = (SELECT id FROM go) AND CAST(:action AS TEXT) = 'fail' AND status = 'submitted'
+    WHERE id = (SELECT id FROM go) AND CAST(:action AS TEXT) = 'fail'
     RETURNING *
 ), changed AS (
     SELECT * FROM completed UNION ALL SELECT * FROM failed
@@ -83,13 +109,18 @@ WITH task AS (
            CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
     FROM failed WHERE notify_url IS NOT NULL
     RETURNING id
+), wake AS (
+    SELECT pg_notify(CAST(:channel AS TEXT), w.channel)
+    FROM (SELECT 'task:' || id AS channel FROM changed
+          UNION ALL SELECT 'jobs' FROM completed
+          UNION ALL SELECT 'notify' FROM notification) AS w
 ), flags AS (
     SELECT EXISTS (SELECT 1 FROM task) AS found,
            EXISTS (SELECT 1 FROM allowed) AS allowed,
            EXISTS (SELECT 1 FROM delivery) AS fresh,
-           EXISTS (SELECT 1 FROM go) AS go,
            EXISTS (SELECT 1 FROM changed) AS changed,
-           EXISTS (SELECT 1 FROM notification) AS notified
+           EXISTS (SELECT 1 FROM notification) AS notified,
+           (SELECT COUNT(*) FROM wake) AS woken
 )
 SELECT r.*, f.*
 FROM flags AS f

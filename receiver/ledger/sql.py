@@ -225,14 +225,15 @@ PURGE_BATCH = 5000  # rows (events: tasks) deleted per retention transaction
 
 @dataclass(frozen=True)
 class Statement(Generic[T]):
-    """A grouped call as one named statement, for a backend that sends a group's statements
-    together (PostgreSQL's pipeline mode) instead of running each call's ``fn``: its
-    parameters (``now`` is added) and how its one row becomes the call's result, in the same
-    transaction (``tx`` for the rare case the statement could not decide alone)."""
+    """A grouped call as one named statement that decides everything the call's ``fn``
+    would, for a backend that sends a group's statements together (PostgreSQL's pipeline)
+    instead of running each ``fn``: its parameters (the backend adds ``now`` and
+    ``channel``) and how its one row becomes the call's result, adding the channels to
+    wake to the set it is given."""
 
     name: str
     params: dict[str, Any]
-    finish: Callable[[Row, Tx], T]
+    finish: Callable[[Row, set[str]], T]
 
 
 _Waiting = tuple[
@@ -611,47 +612,52 @@ class SqlLedger(Ledger):
         deadline: float | None,
         provider_task_id: str | None,
     ) -> Statement[RecordResult] | None:
-        """``record_outcome`` as the one statement of that name (queries_postgres.sql), which
-        decides as ``fn`` above does. What Python computes for it (JSON, an event's data with
-        its request id, a notification id) is made here, in the caller's context. None when
-        the outcome cannot be stored: ``fn`` then says so only where it would store it."""
+        """``record_outcome`` as one statement of queries_postgres.sql (``record_delivery``
+        for a pending outcome), which decides as ``fn`` above does. What Python computes for
+        it (JSON, an event's data with its request id, a notification id) is made here, in
+        the caller's context. None when the outcome cannot be stored: ``fn`` then says so,
+        and only where it would store it."""
         action, reason, message = _verdict(outcome)
-        try:
-            stored = _dumps(outcome.to_json()) if action != "none" else None
-            if action == "complete":
-                event: str | None = _event_data({"images": len(outcome.images)})
-            elif action == "fail":
-                assert reason is not None
-                event = _event_data({"reason": reason.value, "message": message})
-            else:
-                event = None
-        except LedgerRefused:
-            return None
-        inline = [
-            (index, image.inline)
-            for index, image in enumerate(outcome.images)
-            if image.inline is not None and action == "complete"
-        ]
-        params = {
+        params: dict[str, Any] = {
             "id": task_id,
             "provider": provider,
             "key": delivery_key,
             "provider_task_id": provider_task_id,
-            "action": action,
-            "outcome": stored,
-            "outcome_task_id": outcome.provider_task_id,
-            "reason": reason.value if reason else None,
-            "message": message,
-            "raw": outcome.raw if outcome.status is not OutcomeStatus.SUCCEEDED else None,
-            "raw_content_type": outcome.raw_content_type,
-            "inline_idx": [index for index, _ in inline],
-            "inline_data": [data for _, data in inline],
-            "event": event,
-            "deadline": deadline,
-            "nid": new_id("msg") if action == "fail" else None,
         }
+        if action != "none":
+            try:
+                stored = _dumps(outcome.to_json())
+                if action == "complete":
+                    event = _event_data({"images": len(outcome.images)})
+                else:
+                    assert reason is not None
+                    event = _event_data({"reason": reason.value, "message": message})
+            except LedgerRefused:
+                return None
+            inline = [
+                (index, image.inline)
+                for index, image in enumerate(outcome.images)
+                if image.inline is not None and action == "complete"
+            ]
+            failure = action == "fail"
+            params |= {
+                "action": action,
+                "outcome": stored,
+                "outcome_task_id": outcome.provider_task_id,
+                "reason": reason.value if reason else None,
+                "message": message,
+                "raw": outcome.raw
+                if failure and outcome.status is not OutcomeStatus.SUCCEEDED
+                else None,
+                "raw_content_type": outcome.raw_content_type,
+                "inline_idx": [index for index, _ in inline],
+                "inline_data": [data for _, data in inline],
+                "event": event,
+                "deadline": deadline,
+                "nid": new_id("msg") if failure else None,
+            }
 
-        def finish(row: Row, tx: Tx) -> RecordResult:
+        def finish(row: Row, channels: set[str]) -> RecordResult:
             if not row["found"]:
                 return RecordResult(duplicate=False, task=None)
             task = _task(row)
@@ -659,25 +665,18 @@ class SqlLedger(Ledger):
                 return RecordResult(duplicate=False, task=task, mismatch=True)
             if delivery_key is not None and not row["fresh"]:
                 return RecordResult(duplicate=True, task=task)
-            if not row["go"]:
+            if not row["changed"]:  # pending, or the task is no longer submitted
                 return RecordResult(duplicate=False, task=task)
-            if row["changed"]:
-                tx.changed(f"task:{task_id}")
-                if action == "complete":
-                    tx.changed("jobs")
-                    return RecordResult(duplicate=False, task=task, job_enqueued=True)
-                if row["notified"]:
-                    tx.changed("notify")
-                return RecordResult(duplicate=False, task=task)
-            # Another transaction changed the task after the statement's snapshot: what fn
-            # would do next, with statements that see it.
-            if action == "fail":
-                assert reason is not None and message is not None
-                failed = self._fail(tx, task_id, reason, message, outcome)
-                return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
-            return RecordResult(duplicate=False, task=self._get(tx, task_id))
+            channels.add(f"task:{task_id}")
+            if action == "complete":
+                channels.add("jobs")
+                return RecordResult(duplicate=False, task=task, job_enqueued=True)
+            if row["notified"]:
+                channels.add("notify")
+            return RecordResult(duplicate=False, task=task)
 
-        return Statement("record_outcome", params, finish)
+        name = "record_delivery" if action == "none" else "record_outcome"
+        return Statement(name, params, finish)
 
     async def fail_task(self, task_id: str, reason: Reason, message: str) -> Task | None:
         def fn(tx: Tx) -> Task | None:
