@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -35,6 +36,26 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
 INTRANS, INERROR = pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR
+TUPLES_OK = pq.ExecStatus.TUPLES_OK
+# Statements group commits run: prepared on each connection of the group pool.
+GROUPED = ("record_delivery", "record_outcome")
+
+
+def _prepared(name: str, sql: str) -> tuple[str, str, list[str]]:
+    """A ``%(name)s`` statement as PREPARE takes it ($1, $2, ...), the EXECUTE that runs
+    it with ``%s`` for the values, and the names of the values in order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", number, sql)
+    call = f"EXECUTE receiver_{name}({', '.join(['%s'] * len(names))})"
+    return prepared, call, names
+
+
 # Group commits in flight at once, each with a connection of the group pool.
 GROUP_CONNECTIONS = 4
 
@@ -64,6 +85,8 @@ class PostgresLedger(SqlLedger):
         self.group_flushers = GROUP_CONNECTIONS
         self._pool: ConnectionPool[Any] | None = None
         self._group_pool: AsyncConnectionPool[Any] | None = None
+        # name: (the statement for PREPARE, its EXECUTE with %s for values, their names)
+        self._group_statements = {name: _prepared(name, self.q[name]) for name in GROUPED}
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -109,8 +132,9 @@ class PostgresLedger(SqlLedger):
                 self.url,
                 min_size=1,
                 max_size=self.group_flushers,
-                # BEGIN and COMMIT are sent as statements (see _pipeline).
+                # BEGIN and COMMIT are sent as statements (see _execute_group).
                 kwargs={"autocommit": True},
+                configure=self._prepare,
                 timeout=10.0,
                 open=False,
             )
@@ -176,11 +200,10 @@ class PostgresLedger(SqlLedger):
         return await self._thread(run)
 
     async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
-        """A group commit as one pipeline from the event loop: BEGIN, every call's statement
-        and COMMIT go out together and come back together, one round trip for the group.
-        Running each call's ``fn`` on the thread pool took two to five round trips per call,
-        each a thread waiting for the GIL back from the busy event loop. The statements are
-        prepared (server-side binding, once per connection), so the server plans them once.
+        """A group commit as one query from the event loop: BEGIN, an EXECUTE of a prepared
+        statement per call and COMMIT, sent at once and answered at once (one round trip,
+        one wait). Running each call's ``fn`` on the thread pool took two to five round
+        trips per call, each a thread waiting for the GIL back from the busy event loop.
         A group that fails is tried again call by call through ``fn`` (_commit_group)."""
         statements = [statement for _, _, _, statement in batch if statement is not None]
         group_pool = self._group_pool
@@ -190,7 +213,7 @@ class PostgresLedger(SqlLedger):
             for attempt in range(5):
                 try:
                     async with group_pool.connection() as conn:
-                        rows = await self._pipeline(conn, statements)
+                        rows = await self._execute_group(conn, statements)
                     break
                 except RETRYABLE:
                     if attempt == 4:
@@ -202,38 +225,46 @@ class PostgresLedger(SqlLedger):
         ]
         return results, channels
 
-    async def _pipeline(
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """A new group connection: the statements it runs, prepared (planned once)."""
+        for name, (prepared, _, _) in self._group_statements.items():
+            await conn.execute(f"PREPARE receiver_{name} AS {prepared}")
+
+    async def _execute_group(
         self, conn: psycopg.AsyncConnection[Any], statements: list[Statement[Any]]
     ) -> list[dict[str, Any]]:
-        """One transaction, sent at once; its rows once COMMIT has answered. The connection
-        is in autocommit mode: psycopg's own transaction handling would wait for a Sync after
-        BEGIN and before COMMIT."""
-        params = {"now": self.now(), "channel": CHANNEL}
+        """One transaction in one simple query; its rows once COMMIT has answered. The
+        values are bound here (as literals), the plans are the connection's prepared ones."""
+        cursor = psycopg.AsyncClientCursor(conn, row_factory=dict_row)
+        shared = {"now": self.now(), "channel": CHANNEL}
+        parts = ["BEGIN"]
+        for statement in statements:
+            _, call, names = self._group_statements[statement.name]
+            params = {**shared, **statement.params}
+            parts.append(cursor.mogrify(call, [params[name] for name in names]))
+        parts.append("COMMIT")
         try:
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                cursors = []
-                for statement in statements:
-                    cursor = psycopg.AsyncCursor(conn, row_factory=dict_row)
-                    query = self.q[statement.name]
-                    await cursor.execute(query, {**params, **statement.params}, prepare=True)
-                    cursors.append(cursor)
-                commit = await conn.execute("COMMIT")
+            await cursor.execute(";\n".join(parts))
+        except psycopg.errors.FeatureNotSupported:
+            # "cached plan must not change result type": another replica's migration
+            # changed a table under the prepared statements. A new connection prepares anew.
+            await conn.close()
+            raise
         except BaseException:
             if conn.info.transaction_status in (INTRANS, INERROR):
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
             raise
-        # A COMMIT of a transaction a statement had aborted answers ROLLBACK, not an error
-        # (the statement's own error is raised above, as the pipeline ends).
-        if commit.statusmessage != "COMMIT":
-            raise LedgerUnavailable(f"a group commit ended in {commit.statusmessage}")
         rows = []
-        for statement, cursor in zip(statements, cursors, strict=True):
-            row = await cursor.fetchone()
-            if row is None:
-                raise RuntimeError(f"{statement.name} returned no row")
-            rows.append(row)
+        while cursor.nextset():  # the first result is BEGIN's
+            if cursor.pgresult is not None and cursor.pgresult.status == TUPLES_OK:
+                row = await cursor.fetchone()
+                if row is None:
+                    raise RuntimeError("a grouped statement returned no row")
+                rows.append(row)
+        # The server stops at an error, which is raised above; but this is what committed.
+        if cursor.statusmessage != "COMMIT" or len(rows) != len(statements):
+            raise LedgerUnavailable(f"a group commit ended in {cursor.statusmessage}")
         return rows
 
     async def listen(self, listener: Listener) -> None:
