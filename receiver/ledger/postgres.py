@@ -219,6 +219,12 @@ class PostgresLedger(SqlLedger):
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.01 * (attempt + 1))
+                except pg_errors.FeatureNotSupported:
+                    # "cached plan must not change result type": another replica's migration
+                    # changed a table under the prepared statements. _execute_group closed
+                    # the connection; a new one prepares them anew.
+                    if attempt == 4:
+                        raise
         channels: set[str] = set()
         results = [
             statement.finish(row, channels) for statement, row in zip(statements, rows, strict=True)
@@ -245,10 +251,8 @@ class PostgresLedger(SqlLedger):
         parts.append("COMMIT")
         try:
             await cursor.execute(";\n".join(parts))
-        except psycopg.errors.FeatureNotSupported:
-            # "cached plan must not change result type": another replica's migration
-            # changed a table under the prepared statements. A new connection prepares anew.
-            await conn.close()
+        except pg_errors.FeatureNotSupported:
+            await conn.close()  # its prepared statements are stale (see _run_group)
             raise
         except BaseException:
             if conn.info.transaction_status in (INTRANS, INERROR):

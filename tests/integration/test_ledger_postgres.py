@@ -10,6 +10,7 @@ import pytest
 from receiver.errors import LedgerUnavailable
 from receiver.ledger import Ledger
 from receiver.ledger.postgres import PostgresLedger
+from receiver.models import Outcome, OutcomeStatus
 from tests.unit.ledger_contract import OK, LedgerContract, new
 
 pytestmark = pytest.mark.anyio
@@ -52,3 +53,65 @@ async def test_unreachable_server_is_ledger_unavailable() -> None:
     ledger = PostgresLedger("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1")
     with pytest.raises(LedgerUnavailable):
         await ledger.open()
+
+
+async def test_a_group_commit_runs_as_statements_not_call_by_call(pg_dsn: str) -> None:
+    """On PostgreSQL a group of callbacks is one query of prepared statements: the thread
+    pool transaction (each call's ``fn``) is not used for it at all."""
+    ledger = PostgresLedger(pg_dsn)
+    await ledger.open()
+    try:
+        tasks = [(await ledger.create_task(new()))[0] for _ in range(6)]
+
+        async def refused(fn: object, **kw: object) -> object:
+            raise AssertionError("a grouped call ran as a transaction of its own")
+
+        ledger._run = refused  # type: ignore[method-assign,assignment]
+        pending = Outcome(status=OutcomeStatus.PENDING)
+        results = await asyncio.gather(
+            *(
+                ledger.record_outcome(
+                    t.id,
+                    OK if i % 2 else pending,
+                    provider="s",
+                    delivery_key=f"k{i}",
+                    deadline=None,
+                )
+                for i, t in enumerate(tasks)
+            )
+        )
+        assert [r.job_enqueued for r in results] == [False, True] * 3
+        assert not any(r.duplicate for r in results)
+    finally:
+        del ledger._run
+        await ledger.close()
+
+
+async def test_a_migration_under_the_prepared_statements_costs_a_reconnect(pg_dsn: str) -> None:
+    """Another replica adds a column to tasks: the group connection's prepared statements
+    now fail ("cached plan must not change result type"); the group is sent again on a new
+    connection, which prepares them anew, and nothing is refused or recorded twice."""
+    import psycopg
+
+    ledger = PostgresLedger(pg_dsn)
+    await ledger.open()
+    try:
+        task, _ = await ledger.create_task(new())
+        pending = Outcome(status=OutcomeStatus.PENDING)
+        first = await ledger.record_outcome(
+            task.id, pending, provider="s", delivery_key="a", deadline=None
+        )
+        assert first.task is not None and not first.duplicate
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE tasks ADD COLUMN added_later TEXT")
+        second = await ledger.record_outcome(
+            task.id, OK, provider="s", delivery_key="b", deadline=None
+        )
+        assert second.job_enqueued and not second.duplicate
+        again = await ledger.record_outcome(
+            task.id, OK, provider="s", delivery_key="b", deadline=None
+        )
+        assert again.duplicate
+        assert len(await ledger.claim_jobs("w", 10, 30)) == 1
+    finally:
+        await ledger.close()

@@ -180,14 +180,14 @@ class LedgerContract:
         assert isinstance(ledger, SqlLedger)
         tasks = [(await ledger.create_task(new()))[0] for _ in range(16)]
         commits = 0
-        run = ledger._run
+        run_group = ledger._run_group
 
-        async def counted(fn: Any, **kw: Any) -> Any:
+        async def counted(batch: Any) -> Any:
             nonlocal commits
             commits += 1
-            return await run(fn, **kw)
+            return await run_group(batch)
 
-        ledger._run = counted  # type: ignore[method-assign]
+        ledger._run_group = counted  # type: ignore[method-assign]
 
         async def deliver(i: int) -> RecordResult:
             REQUEST_ID.set(f"req-{i}")  # each gather task has a context of its own
@@ -196,7 +196,7 @@ class LedgerContract:
             )
 
         results = await asyncio.gather(*(deliver(i) for i in range(16)))
-        ledger._run = run  # type: ignore[method-assign]
+        ledger._run_group = run_group  # type: ignore[method-assign]
         assert commits < 16
         assert [r.task.id for r in results if r.task] == [t.id for t in tasks]
         assert all(r.job_enqueued and not r.duplicate for r in results)
@@ -219,6 +219,119 @@ class LedgerContract:
                     task.id, OK, provider="s", delivery_key=task.id, deadline=None
                 )
             assert result.job_enqueued
+
+    async def test_a_group_gives_each_callback_its_own_answer(self, ledger: Ledger) -> None:
+        """One group commit holding every kind of callback: a duplicate, one for a missing
+        task, one for another provider task, a pending one, a success, a failure, two
+        successes for one task and one delivery key twice. Each gets the answer it would get
+        alone, in arrival order, from one commit that did not fall back to one transaction
+        per call; nothing else is lost or doubled."""
+        from receiver.ledger.sql import SqlLedger
+
+        assert isinstance(ledger, SqlLedger)
+        pending = Outcome(status=OutcomeStatus.PENDING)
+        failure = Outcome(
+            status=OutcomeStatus.FAILED, error_code="E9", raw=b"no", provider_task_id="p"
+        )
+        dup, _ = await ledger.create_task(new())
+        await ledger.record_outcome(
+            dup.id, pending, provider="s", delivery_key="seen", deadline=None
+        )
+        other, _ = await ledger.create_task(new())
+        await ledger.mark_submitted(other.id, "p-1", next_poll_at=None)
+        done, _ = await ledger.create_task(new())
+        failing, _ = await ledger.create_task(new(notify_url="https://app.example/hook"))
+        waiting, _ = await ledger.create_task(new())
+        twice, _ = await ledger.create_task(new())
+        keyed, _ = await ledger.create_task(new())
+
+        groups: list[int] = []
+        errors: list[BaseException] = []
+        run_group = ledger._run_group
+
+        async def watched(batch: Any) -> Any:
+            groups.append(len(batch))
+            try:
+                return await run_group(batch)
+            except BaseException as exc:  # the group would be retried call by call
+                errors.append(exc)
+                raise
+
+        ledger._run_group = watched  # type: ignore[method-assign]
+        try:
+            calls = [
+                (dup.id, pending, "seen", None),
+                ("tsk_missing", OK, "gone", None),
+                (other.id, OK, "theirs", "p-2"),
+                (waiting.id, pending, "w", None),
+                (done.id, OK, "ok", None),
+                (failing.id, failure, "bad", None),
+                (twice.id, OK, "first", None),
+                (twice.id, OK, "second", None),
+                (keyed.id, pending, "same", None),
+                (keyed.id, pending, "same", None),
+            ]
+            results = await asyncio.gather(
+                *(
+                    ledger.record_outcome(
+                        task_id,
+                        outcome,
+                        provider="s",
+                        delivery_key=key,
+                        deadline=None,
+                        provider_task_id=ptid,
+                    )
+                    for task_id, outcome, key, ptid in calls
+                )
+            )
+        finally:
+            ledger._run_group = run_group  # type: ignore[method-assign]
+        assert groups == [len(calls)] and errors == []
+        (
+            r_dup,
+            r_missing,
+            r_other,
+            r_waiting,
+            r_done,
+            r_failing,
+            r_first,
+            r_second,
+            r_key1,
+            r_key2,
+        ) = results
+        assert r_dup.duplicate and r_dup.task is not None and r_dup.task.id == dup.id
+        assert r_missing.task is None and not r_missing.duplicate
+        assert r_other.mismatch and not r_other.duplicate and not r_other.job_enqueued
+        assert not r_waiting.duplicate and r_waiting.task is not None
+        assert r_waiting.task.status is Status.SUBMITTED
+        assert r_done.job_enqueued and r_done.task is not None
+        assert r_done.task.status is Status.COMPLETED and r_done.task.outcome is not None
+        assert r_failing.task is not None and r_failing.task.status is Status.FAILED
+        assert r_failing.task.failure_reason == "provider_error"
+        assert r_failing.task.failure_message == "E9"
+        assert r_first.job_enqueued and not r_first.duplicate
+        assert not r_second.job_enqueued and not r_second.duplicate
+        assert r_second.task is not None and r_second.task.status is Status.COMPLETED
+        assert (r_key1.duplicate, r_key2.duplicate) == (False, True)
+        # What was kept: a job each for the two completions, one notification, the raw
+        # answer of the failure, one completion event per task, nothing for the others.
+        jobs = await ledger.claim_jobs("w", 50, 30)
+        assert sorted(j.task_id for j in jobs) == sorted([done.id, twice.id])
+        notes = await ledger.claim_notifications("n", 10, 30)
+        assert [(n.task_id, n.event) for n in notes] == [(failing.id, "task.failed")]
+        assert await ledger.raw_response(failing.id) == (b"no", None)
+        for task in (done, twice):
+            assert [e.status for e in await ledger.events(task.id)] == ["submitted", "completed"]
+        assert [e.status for e in await ledger.events(failing.id)] == ["submitted", "failed"]
+        for task in (dup, other, waiting, keyed):
+            stored = await ledger.get_task(task.id)
+            assert stored is not None and stored.status is Status.SUBMITTED
+        # The refused callbacks' keys were not kept: the right callback is still news.
+        mine = await ledger.record_outcome(
+            other.id, OK, provider="s", delivery_key="theirs", deadline=None, provider_task_id="p-1"
+        )
+        assert mine.job_enqueued and not mine.duplicate
+        assert await ledger.get_task("tsk_missing") is None
 
     async def test_one_failing_call_does_not_fail_its_group(self, ledger: Ledger) -> None:
         from receiver.ledger.sql import SqlLedger
