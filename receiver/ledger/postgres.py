@@ -1,9 +1,11 @@
 """PostgreSQL ledger: what several replicas share.
 
 Transactions run on a thread pool of synchronous psycopg connections (the logic is shared
-with SQLite); ``FOR UPDATE SKIP LOCKED`` hands each job to one replica; ``NOTIFY`` inside the
-transaction wakes every replica's workers and event streams once it commits. Migrations run
-under an advisory lock so replicas starting together apply them once.
+with SQLite), except group commits of callbacks, which go from the event loop over a small
+async pool as one query each (see ``_run_group``); ``FOR UPDATE SKIP LOCKED`` hands each job
+to one replica; ``NOTIFY`` inside the transaction wakes every replica's workers and event
+streams once it commits. Migrations run under an advisory lock so replicas starting together
+apply them once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from .. import backoff
 from ..errors import LedgerRefused, LedgerUnavailable
 from .base import Listener
-from .sql import SqlLedger, Statement, Tx, _Waiting, migrations
+from .sql import SqlLedger, Statement, Tx, Waiting, migrations
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def _translated() -> Iterator[None]:
 
 class PostgresLedger(SqlLedger):
     dialect = "postgres"
-    pipelined = True
+    grouped_statements = True
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__()
@@ -199,7 +201,7 @@ class PostgresLedger(SqlLedger):
         # this one, a second time: a wake-up is idempotent).
         return await self._thread(run)
 
-    async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
+    async def _run_group(self, batch: list[Waiting]) -> tuple[list[Any], set[str]]:
         """A group commit as one query from the event loop: BEGIN, an EXECUTE of a prepared
         statement per call and COMMIT, sent at once and answered at once (one round trip,
         one wait). Running each call's ``fn`` on the thread pool took two to five round

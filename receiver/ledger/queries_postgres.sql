@@ -1,9 +1,10 @@
 -- Statements only the PostgreSQL ledger runs, loaded beside queries.sql (same :name
--- parameters). They are sent with server-side binding and prepared once per connection, so
--- every parameter is CAST where it is used: a NULL carries no type of its own.
+-- parameters). Each connection of the group pool PREPAREs them once (planned once) and runs
+-- them with EXECUTE; every parameter is CAST where it is used, so its type is known when it
+-- is prepared (a NULL carries none of its own).
 --
 -- record_delivery and record_outcome are SqlLedger.record_outcome's transaction, each in one
--- statement, so the callbacks of a group commit reach the server together in one pipeline
+-- statement, so the callbacks of a group commit reach the server together in one query
 -- with BEGIN and COMMIT (one round trip for the group) instead of two to five round trips
 -- per callback. They decide as the Python version does, in the same order: no task, nothing;
 -- a callback for another provider task (mismatch), nothing; a delivery key seen before,

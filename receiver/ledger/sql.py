@@ -1,8 +1,11 @@
 """The ledger logic both SQL backends share; each backend only says how to run a transaction.
 
-Statements live in ``queries.sql`` and schema migrations in ``schema/<dialect>/NNN_*.sql``.
-The logic is synchronous and runs in worker threads: SQLite has no async driver, and one code
-path for both dialects is worth more than async I/O for a handful of small statements.
+Statements live in ``queries.sql`` (``queries_<dialect>.sql`` for one dialect's own) and
+schema migrations in ``schema/<dialect>/NNN_*.sql``. The logic is synchronous and runs in
+worker threads: SQLite has no async driver, and one code path for both dialects is worth more
+than async I/O for a handful of small statements. The one exception is the hot path, callbacks
+(``record_outcome``): on PostgreSQL a group commit of them is one query of prepared statements
+sent from the event loop (``Statement``), and the same contract tests hold both versions.
 """
 
 from __future__ import annotations
@@ -226,7 +229,7 @@ PURGE_BATCH = 5000  # rows (events: tasks) deleted per retention transaction
 @dataclass(frozen=True)
 class Statement(Generic[T]):
     """A grouped call as one named statement that decides everything the call's ``fn``
-    would, for a backend that sends a group's statements together (PostgreSQL's pipeline)
+    would, for a backend that sends a group's statements together (PostgreSQL: one query)
     instead of running each ``fn``: its parameters (the backend adds ``now`` and
     ``channel``) and how its one row becomes the call's result, adding the channels to
     wake to the set it is given."""
@@ -236,7 +239,7 @@ class Statement(Generic[T]):
     finish: Callable[[Row, set[str]], T]
 
 
-_Waiting = tuple[
+Waiting = tuple[
     contextvars.Context, Callable[["Tx"], Any], "asyncio.Future[Any]", "Statement[Any] | None"
 ]
 
@@ -296,12 +299,12 @@ class SqlLedger(Ledger):
     # one group's round trips do not hold up the next.
     group_flushers = 1
     # Whether grouped calls also come as a ``Statement`` (see ``_run_group``).
-    pipelined = False
+    grouped_statements = False
 
     def __init__(self) -> None:
         self.q = load_queries(self.dialect)
         self._listeners: list[Listener] = []
-        self._group: list[_Waiting] = []
+        self._group: list[Waiting] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
     @abstractmethod
@@ -321,7 +324,7 @@ class SqlLedger(Ledger):
         returns only after that commit. One commit, one thread hop and, on PostgreSQL, one
         WAL flush per group instead of per call. If the shared transaction fails, each call
         is retried in a transaction of its own, so one bad call cannot fail the others.
-        ``statement`` is the same call as one statement, for a backend that pipelines them."""
+        ``statement`` is the same call as one statement, for a backend that sends those."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
         self._group.append((contextvars.copy_context(), fn, future, statement))
@@ -352,7 +355,7 @@ class SqlLedger(Ledger):
             # a call queued in between would wait for the next caller.)
             self._flushers.discard(me)  # type: ignore[arg-type]
 
-    async def _run_group(self, batch: list[_Waiting]) -> tuple[list[Any], set[str]]:
+    async def _run_group(self, batch: list[Waiting]) -> tuple[list[Any], set[str]]:
         """Run a group's calls in one transaction and commit: their results and the channels
         to wake. Here each ``fn`` in turn; a backend may send the statements instead."""
 
@@ -361,7 +364,7 @@ class SqlLedger(Ledger):
 
         return await self._run(together)
 
-    async def _commit_group(self, batch: list[_Waiting]) -> None:
+    async def _commit_group(self, batch: list[Waiting]) -> None:
         try:
             results, channels = await self._run_group(batch)
         except Exception as exc:
@@ -591,7 +594,7 @@ class SqlLedger(Ledger):
             return RecordResult(duplicate=False, task=failed or self._get(tx, task_id))
 
         statement = None
-        if self.pipelined:
+        if self.grouped_statements:
             statement = self._outcome_statement(
                 task_id,
                 outcome,
