@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from receiver.errors import LedgerUnavailable
 from receiver.ledger import Ledger
 from receiver.ledger.postgres import PostgresLedger
-from receiver.models import Outcome, OutcomeStatus
+from receiver.models import Outcome, OutcomeStatus, Status, Task
 from tests.unit.ledger_contract import OK, LedgerContract, new
 
 pytestmark = pytest.mark.anyio
@@ -115,3 +116,41 @@ async def test_a_migration_under_the_prepared_statements_costs_a_reconnect(pg_ds
         assert len(await ledger.claim_jobs("w", 10, 30)) == 1
     finally:
         await ledger.close()
+
+
+async def test_replicas_racing_a_success_and_a_failure_leave_one_consistent_task(
+    pg_dsn: str,
+) -> None:
+    """Two replicas record a success and a failure for the same tasks at the same moment:
+    whichever commits first decides, and the task is never failed with a live archive job
+    nor completed without exactly one."""
+    a, b = PostgresLedger(pg_dsn), PostgresLedger(pg_dsn)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        tasks = [(await a.create_task(new()))[0] for _ in range(24)]
+        failure = Outcome(status=OutcomeStatus.FAILED, error_code="E1")
+        # Each call a moment apart on either replica, so groups of both interleave (and
+        # may deadlock, which the ledger retries).
+        rng = random.Random(7)
+
+        async def record(ledger: PostgresLedger, t: Task, outcome: Outcome, key: str) -> None:
+            await asyncio.sleep(rng.random() / 100)
+            await ledger.record_outcome(
+                t.id, outcome, provider="s", delivery_key=key, deadline=None
+            )
+
+        await asyncio.gather(
+            *(record(a, t, OK, f"ok{t.id}") for t in tasks),
+            *(record(b, t, failure, f"no{t.id}") for t in tasks),
+        )
+        for t in tasks:
+            stored = await a.get_task(t.id)
+            assert stored is not None and stored.status in (Status.COMPLETED, Status.FAILED)
+            jobs = (await a.task_activity(t.id))["jobs"]
+            live = [j for j in jobs if j["state"] in ("queued", "leased")]
+            assert len(live) == (1 if stored.status is Status.COMPLETED else 0)
+            finals = [e.status for e in await a.events(t.id) if e.status != "submitted"]
+            assert finals == [stored.status.value]
+    finally:
+        await a.close()
+        await b.close()
