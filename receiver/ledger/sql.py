@@ -306,6 +306,7 @@ class SqlLedger(Ledger):
         self._listeners: list[Listener] = []
         self._group: list[Waiting] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        self._next_flusher: asyncio.Task[None] | None = None  # started, has taken nothing yet
 
     @abstractmethod
     async def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> tuple[T, set[str]]:
@@ -328,8 +329,11 @@ class SqlLedger(Ledger):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
         self._group.append((contextvars.copy_context(), fn, future, statement))
-        if len(self._flushers) < self.group_flushers:
-            self._flushers.add(asyncio.create_task(self._flush_groups()))
+        waiting = self._next_flusher
+        # A flusher that has not run yet takes this call too: another would find nothing.
+        if len(self._flushers) < self.group_flushers and (waiting is None or waiting.done()):
+            self._next_flusher = asyncio.create_task(self._flush_groups())
+            self._flushers.add(self._next_flusher)
         with observed(self.dialect, fn):
             # Shielded: a caller that goes away does not take the others' commit with it.
             result: T = await asyncio.shield(future)
@@ -337,6 +341,8 @@ class SqlLedger(Ledger):
 
     async def _flush_groups(self) -> None:
         me = asyncio.current_task()
+        if self._next_flusher is me:
+            self._next_flusher = None
         try:
             while self._group:
                 batch, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
