@@ -1,129 +1,128 @@
 -- Statements only the PostgreSQL ledger runs, loaded beside queries.sql (same :name
 -- parameters). Each connection of the group pool PREPAREs them once (planned once) and runs
 -- them with EXECUTE; every parameter is CAST where it is used, so its type is known when it
--- is prepared (a NULL carries none of its own).
---
--- record_delivery and record_outcome are SqlLedger.record_outcome's transaction, each in one
--- statement, so the callbacks of a group commit reach the server together in one query
--- with BEGIN and COMMIT (one round trip for the group) instead of two to five round trips
--- per callback. They decide as the Python version does, in the same order: no task, nothing;
+-- is prepared.
+
+-- name: record_outcomes
+-- SqlLedger.record_outcome's transaction for a whole group of callbacks in one statement, so
+-- a group commit is one query and one round trip (BEGIN, this, COMMIT) instead of two to
+-- five round trips per callback. :batch is a JSON array, one object per callback (see
+-- SqlLedger._outcome_statement); the caller puts callbacks for the same task or delivery key
+-- in separate statements, in order, so the rows of one statement never meet and each is
+-- decided as the Python version decides one callback, in the same order: no task, nothing;
 -- a callback for another provider task (mismatch), nothing; a delivery key seen before,
--- duplicate and nothing; a pending outcome, or a task no longer submitted, only the delivery
--- is kept. Each returns one row: the task as changed (or as read; NULLs when found is false)
--- and the flags the caller needs. Data-modifying CTEs share one snapshot and cannot see each
--- other's rows, so each step names the one before it through RETURNING.
-
--- name: record_delivery
--- A pending outcome: nothing but the delivery changes, so the task is read without a lock.
-WITH task AS (
-    SELECT * FROM tasks WHERE id = CAST(:id AS TEXT)
+-- duplicate and nothing; a pending outcome (action 'none'), or a task no longer submitted,
+-- only the delivery is kept; otherwise action 'complete' (outcome, inline images, event,
+-- archive job) or 'fail' (raw answer, failure, queued jobs dead, event, notification).
+-- A final outcome locks its task as it reads it (FOR UPDATE: the latest committed version,
+-- which nobody else changes before this commits), so the updates apply exactly when go says
+-- so; a pending one reads without a lock. One row comes back per callback, in order: the
+-- task as changed (or as read; NULLs when found is false) and the flags the caller needs.
+-- Data-modifying CTEs share one snapshot and cannot see each other's rows, so each step
+-- names the one before it through RETURNING. pg_notify is delivered at commit.
+WITH input AS (
+    SELECT e.n, e.v->>'id' AS id, e.v->>'provider' AS provider, e.v->>'key' AS key,
+           e.v->>'provider_task_id' AS provider_task_id, e.v->>'action' AS action,
+           e.v->>'outcome' AS outcome, e.v->>'outcome_task_id' AS outcome_task_id,
+           e.v->>'reason' AS reason, e.v->>'message' AS message,
+           decode(e.v->>'raw', 'base64') AS raw, e.v->>'raw_content_type' AS raw_content_type,
+           e.v->'inline' AS inline, e.v->>'event' AS event,
+           CAST(e.v->>'deadline' AS DOUBLE PRECISION) AS deadline, e.v->>'nid' AS nid
+    FROM jsonb_array_elements(CAST(:batch AS JSONB)) WITH ORDINALITY AS e (v, n)
+), plain AS (
+    SELECT i.n, t.* FROM input AS i JOIN tasks AS t ON t.id = i.id WHERE i.action = 'none'
+), locked AS (
+    SELECT i.n, t.* FROM input AS i JOIN tasks AS t ON t.id = i.id WHERE i.action <> 'none'
+    ORDER BY t.id
+    FOR UPDATE OF t
+), task AS (
+    SELECT * FROM plain UNION ALL SELECT * FROM locked
 ), allowed AS (
-    SELECT id FROM task
-    WHERE CAST(:provider_task_id AS TEXT) IS NULL OR provider_task_id IS NULL
-       OR provider_task_id = CAST(:provider_task_id AS TEXT)
+    SELECT t.n, t.id, t.status FROM task AS t JOIN input AS i USING (n)
+    WHERE i.provider_task_id IS NULL OR t.provider_task_id IS NULL
+       OR t.provider_task_id = i.provider_task_id
 ), delivery AS (
     INSERT INTO deliveries (provider, key, task_id, received_at)
-    SELECT CAST(:provider AS TEXT), CAST(:key AS TEXT), id, CAST(:now AS DOUBLE PRECISION)
-    FROM allowed WHERE CAST(:key AS TEXT) IS NOT NULL
+    SELECT i.provider, i.key, a.id, CAST(:now AS DOUBLE PRECISION)
+    FROM allowed AS a JOIN input AS i USING (n)
+    WHERE i.key IS NOT NULL
+    ORDER BY i.provider, i.key
     ON CONFLICT DO NOTHING
-    RETURNING key
-), flags AS (
-    SELECT EXISTS (SELECT 1 FROM task) AS found,
-           EXISTS (SELECT 1 FROM allowed) AS allowed,
-           EXISTS (SELECT 1 FROM delivery) AS fresh,
-           FALSE AS changed,
-           FALSE AS notified
-)
-SELECT r.*, f.* FROM flags AS f LEFT JOIN task AS r ON TRUE
-
--- name: record_outcome
--- A final outcome: :action says what it does to a submitted task, 'complete' (outcome,
--- inline images, event, archive job) or 'fail' (raw answer, failure, queued jobs dead,
--- event, notification). The task row is locked as it is read (FOR UPDATE), so the status
--- decided on is the latest committed one and no other transaction changes it before this
--- one commits: the updates below then apply exactly when go says so. Changes are announced
--- with pg_notify, delivered at commit.
-WITH task AS (
-    SELECT * FROM tasks WHERE id = CAST(:id AS TEXT) FOR UPDATE
-), allowed AS (
-    SELECT id, status FROM task
-    WHERE CAST(:provider_task_id AS TEXT) IS NULL OR provider_task_id IS NULL
-       OR provider_task_id = CAST(:provider_task_id AS TEXT)
-), delivery AS (
-    INSERT INTO deliveries (provider, key, task_id, received_at)
-    SELECT CAST(:provider AS TEXT), CAST(:key AS TEXT), id, CAST(:now AS DOUBLE PRECISION)
-    FROM allowed WHERE CAST(:key AS TEXT) IS NOT NULL
-    ON CONFLICT DO NOTHING
-    RETURNING key
+    RETURNING provider, key
+), fresh AS (
+    SELECT i.n FROM input AS i JOIN delivery AS d ON d.provider = i.provider AND d.key = i.key
 ), go AS (
-    SELECT id FROM allowed
-    WHERE status = 'submitted'
-      AND (CAST(:key AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM delivery))
+    SELECT a.n, a.id FROM allowed AS a JOIN input AS i USING (n)
+    WHERE a.status = 'submitted' AND i.action IN ('complete', 'fail')
+      AND (i.key IS NULL OR a.n IN (SELECT n FROM fresh))
 ), raw AS (
     INSERT INTO raw_responses (task_id, content_type, data, received_at)
-    SELECT id, CAST(:raw_content_type AS TEXT), CAST(:raw AS BYTEA), CAST(:now AS DOUBLE PRECISION)
-    FROM go WHERE CAST(:action AS TEXT) = 'fail' AND CAST(:raw AS BYTEA) IS NOT NULL
+    SELECT g.id, i.raw_content_type, i.raw, CAST(:now AS DOUBLE PRECISION)
+    FROM go AS g JOIN input AS i USING (n)
+    WHERE i.action = 'fail' AND i.raw IS NOT NULL
     ON CONFLICT (task_id) DO UPDATE SET content_type = excluded.content_type,
         data = excluded.data, received_at = excluded.received_at
 ), completed AS (
-    UPDATE tasks
-    SET status = 'completed', outcome = CAST(:outcome AS TEXT),
+    UPDATE tasks AS t
+    SET status = 'completed', outcome = i.outcome,
         completed_at = CAST(:now AS DOUBLE PRECISION), updated_at = CAST(:now AS DOUBLE PRECISION),
-        provider_task_id = COALESCE(provider_task_id, CAST(:outcome_task_id AS TEXT)),
-        next_poll_at = NULL
-    WHERE id = (SELECT id FROM go) AND CAST(:action AS TEXT) = 'complete'
-    RETURNING *
+        provider_task_id = COALESCE(t.provider_task_id, i.outcome_task_id), next_poll_at = NULL
+    FROM go AS g JOIN input AS i USING (n)
+    WHERE t.id = g.id AND i.action = 'complete' AND t.status = 'submitted'
+    RETURNING g.n, t.*
 ), failed AS (
-    UPDATE tasks
-    SET status = 'failed', failure_reason = CAST(:reason AS TEXT),
-        failure_message = CAST(:message AS TEXT),
-        outcome = COALESCE(CAST(:outcome AS TEXT), outcome),
-        updated_at = CAST(:now AS DOUBLE PRECISION), next_poll_at = NULL
-    WHERE id = (SELECT id FROM go) AND CAST(:action AS TEXT) = 'fail'
-    RETURNING *
+    UPDATE tasks AS t
+    SET status = 'failed', failure_reason = i.reason, failure_message = i.message,
+        outcome = COALESCE(i.outcome, t.outcome), updated_at = CAST(:now AS DOUBLE PRECISION),
+        next_poll_at = NULL
+    FROM go AS g JOIN input AS i USING (n)
+    WHERE t.id = g.id AND i.action = 'fail' AND t.status = 'submitted'
+    RETURNING g.n, t.*
 ), changed AS (
     SELECT * FROM completed UNION ALL SELECT * FROM failed
 ), inline AS (
     INSERT INTO inline_images (task_id, idx, data)
-    SELECT c.id, i.idx, i.data
-    FROM completed AS c,
-         unnest(CAST(:inline_idx AS INTEGER[]), CAST(:inline_data AS BYTEA[])) AS i (idx, data)
+    SELECT c.id, CAST(image->>'idx' AS INTEGER), decode(image->>'data', 'base64')
+    FROM completed AS c JOIN input AS i USING (n), jsonb_array_elements(i.inline) AS image
     ON CONFLICT DO NOTHING
 ), killed AS (
-    UPDATE jobs SET state = 'dead', last_error = CAST(:message AS TEXT),
-        updated_at = CAST(:now AS DOUBLE PRECISION)
-    WHERE task_id = (SELECT id FROM failed) AND state IN ('queued', 'leased')
+    UPDATE jobs AS j
+    SET state = 'dead', last_error = i.message, updated_at = CAST(:now AS DOUBLE PRECISION)
+    FROM failed AS f JOIN input AS i USING (n)
+    WHERE j.task_id = f.id AND j.state IN ('queued', 'leased')
 ), event AS (
     INSERT INTO events (task_id, seq, status, at, data)
-    SELECT c.id, COALESCE((SELECT MAX(seq) FROM events WHERE task_id = c.id), 0) + 1, c.status,
-           CAST(:now AS DOUBLE PRECISION), CAST(:event AS TEXT)
-    FROM changed AS c
+    SELECT c.id, COALESCE((SELECT MAX(e.seq) FROM events AS e WHERE e.task_id = c.id), 0) + 1,
+           c.status, CAST(:now AS DOUBLE PRECISION), i.event
+    FROM changed AS c JOIN input AS i USING (n)
 ), job AS (
     INSERT INTO jobs (task_id, state, attempts, deadline, next_attempt_at, created_at, updated_at)
-    SELECT id, 'queued', 0, CAST(:deadline AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION),
+    SELECT c.id, 'queued', 0, i.deadline, CAST(:now AS DOUBLE PRECISION),
            CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
-    FROM completed
+    FROM completed AS c JOIN input AS i USING (n)
 ), notification AS (
     INSERT INTO notifications (id, task_id, event, url, state, attempts, next_attempt_at,
                                created_at)
-    SELECT CAST(:nid AS TEXT), id, 'task.failed', notify_url, 'queued', 0,
+    SELECT i.nid, f.id, 'task.failed', f.notify_url, 'queued', 0,
            CAST(:now AS DOUBLE PRECISION), CAST(:now AS DOUBLE PRECISION)
-    FROM failed WHERE notify_url IS NOT NULL
-    RETURNING id
+    FROM failed AS f JOIN input AS i USING (n)
+    WHERE f.notify_url IS NOT NULL
+    RETURNING task_id
 ), wake AS (
     SELECT pg_notify(CAST(:channel AS TEXT), w.channel)
     FROM (SELECT 'task:' || id AS channel FROM changed
           UNION ALL SELECT 'jobs' FROM completed
           UNION ALL SELECT 'notify' FROM notification) AS w
-), flags AS (
-    SELECT EXISTS (SELECT 1 FROM task) AS found,
-           EXISTS (SELECT 1 FROM allowed) AS allowed,
-           EXISTS (SELECT 1 FROM delivery) AS fresh,
-           EXISTS (SELECT 1 FROM changed) AS changed,
-           EXISTS (SELECT 1 FROM notification) AS notified,
-           (SELECT COUNT(*) FROM wake) AS woken
 )
-SELECT r.*, f.*
-FROM flags AS f
+SELECT r.*,
+       r.id IS NOT NULL AS found,
+       i.n IN (SELECT n FROM allowed) AS allowed,
+       i.n IN (SELECT n FROM fresh) AS fresh,
+       i.n IN (SELECT n FROM changed) AS changed,
+       r.id IN (SELECT task_id FROM notification) AS notified,
+       (SELECT COUNT(*) FROM wake) AS woken
+FROM input AS i
 LEFT JOIN (SELECT * FROM changed
-           UNION ALL SELECT * FROM task WHERE NOT EXISTS (SELECT 1 FROM changed)) AS r ON TRUE
+           UNION ALL SELECT * FROM task WHERE n NOT IN (SELECT n FROM changed)) AS r
+    ON r.n = i.n
+ORDER BY i.n

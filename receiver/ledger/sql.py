@@ -11,6 +11,7 @@ sent from the event loop (``Statement``), and the same contract tests hold both 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
 import json
@@ -228,14 +229,16 @@ PURGE_BATCH = 5000  # rows (events: tasks) deleted per retention transaction
 
 @dataclass(frozen=True)
 class Statement(Generic[T]):
-    """A grouped call as one named statement that decides everything the call's ``fn``
-    would, for a backend that sends a group's statements together (PostgreSQL: one query)
-    instead of running each ``fn``: its parameters (the backend adds ``now`` and
-    ``channel``) and how its one row becomes the call's result, adding the channels to
-    wake to the set it is given."""
+    """A grouped call as one row of a set-based statement that decides everything the
+    call's ``fn`` would, for a backend that sends a whole group at once (PostgreSQL): the
+    statement's name, the call's input as a JSON object (made in the caller's context), what
+    it touches (calls sharing any of these go to separate statements, in order, so each
+    sees what the one before it did), and how its result row becomes the call's result,
+    adding the channels to wake to the set it is given."""
 
     name: str
-    params: dict[str, Any]
+    values: str
+    touches: tuple[str, ...]
     finish: Callable[[Row, set[str]], T]
 
 
@@ -621,50 +624,52 @@ class SqlLedger(Ledger):
         deadline: float | None,
         provider_task_id: str | None,
     ) -> Statement[RecordResult] | None:
-        """``record_outcome`` as one statement of queries_postgres.sql (``record_delivery``
-        for a pending outcome), which decides as ``fn`` above does. What Python computes for
-        it (JSON, an event's data with its request id, a notification id) is made here, in
-        the caller's context. None when the outcome cannot be stored: ``fn`` then says so,
-        and only where it would store it."""
+        """``record_outcome`` as a row of ``record_outcomes`` (queries_postgres.sql), which
+        decides as ``fn`` above does. What Python computes for it (JSON, an event's data
+        with its request id, a notification id) is made here, in the caller's context.
+        None when the outcome cannot be stored: ``fn`` then says so, and only where it
+        would store it."""
         action, reason, message = _verdict(outcome)
-        params: dict[str, Any] = {
+        values: dict[str, Any] = {
             "id": task_id,
             "provider": provider,
             "key": delivery_key,
             "provider_task_id": provider_task_id,
+            "action": action,
         }
-        if action != "none":
-            try:
-                stored = _dumps(outcome.to_json())
+        try:
+            if action != "none":
                 if action == "complete":
                     event = _event_data({"images": len(outcome.images)})
+                    inline = [
+                        {"idx": index, "data": base64.b64encode(image.inline).decode()}
+                        for index, image in enumerate(outcome.images)
+                        if image.inline is not None
+                    ]
                 else:
                     assert reason is not None
                     event = _event_data({"reason": reason.value, "message": message})
-            except LedgerRefused:
-                return None
-            inline = [
-                (index, image.inline)
-                for index, image in enumerate(outcome.images)
-                if image.inline is not None and action == "complete"
-            ]
-            failure = action == "fail"
-            params |= {
-                "action": action,
-                "outcome": stored,
-                "outcome_task_id": outcome.provider_task_id,
-                "reason": reason.value if reason else None,
-                "message": message,
-                "raw": outcome.raw
-                if failure and outcome.status is not OutcomeStatus.SUCCEEDED
-                else None,
-                "raw_content_type": outcome.raw_content_type,
-                "inline_idx": [index for index, _ in inline],
-                "inline_data": [data for _, data in inline],
-                "event": event,
-                "deadline": deadline,
-                "nid": new_id("msg") if failure else None,
-            }
+                    inline = []
+                raw = (
+                    outcome.raw
+                    if action == "fail" and outcome.status is not OutcomeStatus.SUCCEEDED
+                    else None
+                )
+                values |= {
+                    "outcome": _dumps(outcome.to_json()),
+                    "outcome_task_id": outcome.provider_task_id,
+                    "reason": reason.value if reason else None,
+                    "message": message,
+                    "raw": base64.b64encode(raw).decode() if raw is not None else None,
+                    "raw_content_type": outcome.raw_content_type,
+                    "inline": inline,
+                    "event": event,
+                    "deadline": deadline,
+                    "nid": new_id("msg") if action == "fail" else None,
+                }
+            encoded = _dumps(values)
+        except LedgerRefused:
+            return None
 
         def finish(row: Row, channels: set[str]) -> RecordResult:
             if not row["found"]:
@@ -684,8 +689,12 @@ class SqlLedger(Ledger):
                 channels.add("notify")
             return RecordResult(duplicate=False, task=task)
 
-        name = "record_delivery" if action == "none" else "record_outcome"
-        return Statement(name, params, finish)
+        touches = (
+            (f"task:{task_id}",)
+            if delivery_key is None
+            else (f"task:{task_id}", f"delivery:{provider}:{delivery_key}")
+        )
+        return Statement("record_outcomes", encoded, touches, finish)
 
     async def fail_task(self, task_id: str, reason: Reason, message: str) -> Task | None:
         def fn(tx: Tx) -> Task | None:
