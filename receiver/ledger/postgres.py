@@ -40,7 +40,7 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 INTRANS, INERROR = pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 # Statements group commits run: prepared on each connection of the group pool.
-GROUPED = ("record_outcomes",)
+GROUPED = ("record_deliveries", "record_outcomes")
 
 
 def _prepared(name: str, sql: str) -> tuple[str, str, list[str]]:
@@ -217,12 +217,12 @@ class PostgresLedger(SqlLedger):
 
     async def _run_group(self, batch: list[Waiting]) -> tuple[list[Any], set[str]]:
         """A group commit as one query from the event loop: BEGIN, a prepared set-based
-        statement for the whole group (more only when calls touch the same task or delivery
-        key) and COMMIT, sent at once and answered at once: one round trip, one wait and
-        one result to read. Running each call's ``fn`` on the thread pool took two to five
-        round trips per call, each a thread waiting for the GIL back from the busy event
-        loop. A group that fails is tried again call by call through ``fn``
-        (_commit_group)."""
+        statement for the group's pending outcomes and one for its final ones (more only
+        when calls touch the same task or delivery key) and COMMIT, sent at once and
+        answered at once: one round trip, one wait and a result per statement to read.
+        Running each call's ``fn`` on the thread pool took two to five round trips per
+        call, each a thread waiting for the GIL back from the busy event loop. A group that
+        fails is tried again call by call through ``fn`` (_commit_group)."""
         statements = [statement for _, _, _, statement in batch if statement is not None]
         group_pool = self._group_pool
         if len(statements) < len(batch) or group_pool is None:

@@ -3,23 +3,62 @@
 -- them with EXECUTE; every parameter is CAST where it is used, so its type is known when it
 -- is prepared.
 
+-- name: record_deliveries
+-- SqlLedger.record_outcome's transaction for a group of callbacks with a pending outcome,
+-- in one statement (record_outcomes below says how groups are sent): nothing but their
+-- deliveries changes, so the tasks are read without a lock and nothing else is touched
+-- (each table a statement names costs it at every run, rows or none).
+WITH input AS (
+    SELECT e.n, e.v->>'id' AS id, e.v->>'provider' AS provider, e.v->>'key' AS key,
+           e.v->>'provider_task_id' AS provider_task_id
+    FROM jsonb_array_elements(CAST(:batch AS JSONB)) WITH ORDINALITY AS e (v, n)
+), task AS (
+    -- One index lookup per callback (OFFSET 0 keeps the subquery apart): planned once for
+    -- any batch, the join would otherwise be costed for a hundred rows of input (the
+    -- planner's guess for a JSON array) and may scan the whole table.
+    SELECT i.n, t.* FROM input AS i,
+        LATERAL (SELECT * FROM tasks WHERE tasks.id = i.id OFFSET 0) AS t
+), allowed AS (
+    SELECT t.n, t.id FROM task AS t JOIN input AS i USING (n)
+    WHERE i.provider_task_id IS NULL OR t.provider_task_id IS NULL
+       OR t.provider_task_id = i.provider_task_id
+), delivery AS (
+    INSERT INTO deliveries (provider, key, task_id, received_at)
+    SELECT i.provider, i.key, a.id, CAST(:now AS DOUBLE PRECISION)
+    FROM allowed AS a JOIN input AS i USING (n)
+    WHERE i.key IS NOT NULL
+    ORDER BY i.provider, i.key
+    ON CONFLICT DO NOTHING
+    RETURNING provider, key
+), fresh AS (
+    SELECT i.n FROM input AS i JOIN delivery AS d ON d.provider = i.provider AND d.key = i.key
+)
+SELECT r.*,
+       r.id IS NOT NULL AS found,
+       i.n IN (SELECT n FROM allowed) AS allowed,
+       i.n IN (SELECT n FROM fresh) AS fresh,
+       FALSE AS changed,
+       FALSE AS notified
+FROM input AS i LEFT JOIN task AS r ON r.n = i.n
+ORDER BY i.n
+
 -- name: record_outcomes
--- SqlLedger.record_outcome's transaction for a whole group of callbacks in one statement, so
--- a group commit is one query and one round trip (BEGIN, this, COMMIT) instead of two to
--- five round trips per callback. :batch is a JSON array, one object per callback (see
--- SqlLedger._outcome_statement); the caller puts callbacks for the same task or delivery key
--- in separate statements, in order, so the rows of one statement never meet and each is
--- decided as the Python version decides one callback, in the same order: no task, nothing;
--- a callback for another provider task (mismatch), nothing; a delivery key seen before,
--- duplicate and nothing; a pending outcome (action 'none'), or a task no longer submitted,
--- only the delivery is kept; otherwise action 'complete' (outcome, inline images, event,
--- archive job) or 'fail' (raw answer, failure, queued jobs dead, event, notification).
--- A final outcome locks its task as it reads it (FOR UPDATE: the latest committed version,
--- which nobody else changes before this commits), so the updates apply exactly when go says
--- so; a pending one reads without a lock. One row comes back per callback, in order: the
--- task as changed (or as read; NULLs when found is false) and the flags the caller needs.
--- Data-modifying CTEs share one snapshot and cannot see each other's rows, so each step
--- names the one before it through RETURNING. pg_notify is delivered at commit.
+-- SqlLedger.record_outcome's transaction for a group of callbacks with a final outcome, in
+-- one statement: with record_deliveries, a group commit is one query and one round trip
+-- (BEGIN, these, COMMIT) instead of two to five round trips per callback. :batch is a JSON
+-- array, one object per callback (SqlLedger._outcome_statement). The caller puts callbacks
+-- that touch the same task or delivery key in separate statements, in order, so the rows of
+-- one statement never meet and each is decided as the Python version decides one callback,
+-- in the same order: no task, nothing; a callback for another provider task (mismatch),
+-- nothing; a delivery key seen before, duplicate and nothing; a task no longer submitted,
+-- only the delivery is kept; otherwise the action: 'complete' (outcome, inline images,
+-- event, archive job) or 'fail' (raw answer, failure, queued jobs dead, event,
+-- notification). Each task is locked as it is read (FOR UPDATE: the latest committed
+-- version, which nobody else changes before this commits), so the updates apply exactly
+-- when go says so. One row comes back per callback, in order: the task as changed (or as
+-- read; NULLs when found is false) and the flags the caller needs. Data-modifying CTEs share
+-- one snapshot and cannot see each other's rows, so each step names the one before it
+-- through RETURNING. pg_notify is delivered at commit.
 WITH input AS (
     SELECT e.n, e.v->>'id' AS id, e.v->>'provider' AS provider, e.v->>'key' AS key,
            e.v->>'provider_task_id' AS provider_task_id, e.v->>'action' AS action,
@@ -29,14 +68,11 @@ WITH input AS (
            e.v->'inline' AS inline, e.v->>'event' AS event,
            CAST(e.v->>'deadline' AS DOUBLE PRECISION) AS deadline, e.v->>'nid' AS nid
     FROM jsonb_array_elements(CAST(:batch AS JSONB)) WITH ORDINALITY AS e (v, n)
-), plain AS (
-    SELECT i.n, t.* FROM input AS i JOIN tasks AS t ON t.id = i.id WHERE i.action = 'none'
-), locked AS (
-    SELECT i.n, t.* FROM input AS i JOIN tasks AS t ON t.id = i.id WHERE i.action <> 'none'
-    ORDER BY t.id
-    FOR UPDATE OF t
 ), task AS (
-    SELECT * FROM plain UNION ALL SELECT * FROM locked
+    -- One index lookup per callback, as in record_deliveries, locking the row it reads; in
+    -- the order of the task ids, so that two replicas' groups lock in the same order.
+    SELECT i.n, t.* FROM (SELECT * FROM input ORDER BY id) AS i,
+        LATERAL (SELECT * FROM tasks WHERE tasks.id = i.id FOR UPDATE OFFSET 0) AS t
 ), allowed AS (
     SELECT t.n, t.id, t.status FROM task AS t JOIN input AS i USING (n)
     WHERE i.provider_task_id IS NULL OR t.provider_task_id IS NULL

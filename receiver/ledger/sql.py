@@ -624,11 +624,11 @@ class SqlLedger(Ledger):
         deadline: float | None,
         provider_task_id: str | None,
     ) -> Statement[RecordResult] | None:
-        """``record_outcome`` as a row of ``record_outcomes`` (queries_postgres.sql), which
-        decides as ``fn`` above does. What Python computes for it (JSON, an event's data
-        with its request id, a notification id) is made here, in the caller's context.
-        None when the outcome cannot be stored: ``fn`` then says so, and only where it
-        would store it."""
+        """``record_outcome`` as a row of ``record_outcomes`` (``record_deliveries`` for a
+        pending outcome; queries_postgres.sql), which decides as ``fn`` above does. What
+        Python computes for it (JSON, an event's data with its request id, a notification
+        id) is made here, in the caller's context. None when the outcome cannot be stored:
+        ``fn`` then says so, and only where it would store it."""
         action, reason, message = _verdict(outcome)
         values: dict[str, Any] = {
             "id": task_id,
@@ -694,7 +694,8 @@ class SqlLedger(Ledger):
             if delivery_key is None
             else (f"task:{task_id}", f"delivery:{provider}:{delivery_key}")
         )
-        return Statement("record_outcomes", encoded, touches, finish)
+        name = "record_deliveries" if action == "none" else "record_outcomes"
+        return Statement(name, encoded, touches, finish)
 
     async def fail_task(self, task_id: str, reason: Reason, message: str) -> Task | None:
         def fn(tx: Tx) -> Task | None:

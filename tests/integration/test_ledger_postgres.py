@@ -154,3 +154,39 @@ async def test_replicas_racing_a_success_and_a_failure_leave_one_consistent_task
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("name", ["record_deliveries", "record_outcomes"])
+async def test_group_statements_look_tasks_up_by_index_at_any_size(pg_dsn: str, name: str) -> None:
+    """The group statements are planned once (prepared) for batches of any size, which the
+    planner guesses at a hundred rows: their plan must find tasks, jobs and events by index,
+    not scan a table, whatever its size."""
+    import psycopg
+
+    ledger = PostgresLedger(pg_dsn)
+    await ledger.open()
+    await ledger.close()
+    prepared, call, names = ledger._group_statements[name]
+    with psycopg.connect(pg_dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, provider, prompt, params, destination, metadata, status,"
+            " created_at, updated_at) SELECT 'tsk_' || n, 's', 'p', '{}', 'local', '{}',"
+            " 'submitted', n, n FROM generate_series(1, 20000) AS n"
+        )
+        conn.execute(
+            "INSERT INTO events (task_id, seq, status, at, data)"
+            " SELECT id, 1, 'submitted', 0, '{}' FROM tasks"
+        )
+        conn.execute(
+            "INSERT INTO jobs (task_id, state, next_attempt_at, created_at, updated_at)"
+            " SELECT id, 'done', 0, 0, 0 FROM tasks"
+        )
+        conn.execute("ANALYZE")
+        conn.execute(f"PREPARE receiver_{name} AS {prepared}")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        values = {"batch": '[{"id": "tsk_1", "action": "complete"}]', "now": 1.0, "channel": "c"}
+        plan = "\n".join(
+            row[0] for row in conn.execute("EXPLAIN " + call, [values[n] for n in names])
+        )
+    assert "Index Scan using tasks_pkey on tasks" in plan
+    assert "Seq Scan" not in plan, plan
