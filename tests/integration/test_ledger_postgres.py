@@ -190,3 +190,36 @@ async def test_group_statements_look_tasks_up_by_index_at_any_size(pg_dsn: str, 
         )
     assert "Index Scan using tasks_pkey on tasks" in plan
     assert "Seq Scan" not in plan, plan
+
+
+async def test_a_value_postgresql_refuses_fails_only_its_own_callback(pg_dsn: str) -> None:
+    """A NUL character PostgreSQL cannot store, in one callback of a group: that callback is
+    refused (LedgerRefused, a 422 for the provider), the others are recorded."""
+    from receiver.errors import LedgerRefused
+
+    ledger = PostgresLedger(pg_dsn)
+    await ledger.open()
+    try:
+        tasks = [(await ledger.create_task(new()))[0] for _ in range(3)]
+        poisoned = Outcome(status=OutcomeStatus.FAILED, error_message="bad\x00byte")
+        results = await asyncio.gather(
+            ledger.record_outcome(tasks[0].id, OK, provider="s", delivery_key="a", deadline=None),
+            ledger.record_outcome(
+                tasks[1].id, poisoned, provider="s", delivery_key="b", deadline=None
+            ),
+            ledger.record_outcome(tasks[2].id, OK, provider="s", delivery_key="c", deadline=None),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], LedgerRefused)
+        assert [getattr(r, "job_enqueued", None) for r in results] == [True, None, True]
+        alone = await asyncio.gather(
+            ledger.record_outcome(
+                tasks[1].id, poisoned, provider="s", delivery_key="b", deadline=None
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(alone[0], LedgerRefused)
+        stored = await ledger.get_task(tasks[1].id)
+        assert stored is not None and stored.status is Status.SUBMITTED
+    finally:
+        await ledger.close()
