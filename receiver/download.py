@@ -202,8 +202,17 @@ class _SocketReply:
                 if not got:
                     break
                 # A view of the reused buffer: valid until the next read, so used at once.
-                chunk = buffer[:got]
-                yield decoder.decompress(chunk) if decoder is not None else chunk
+                chunk: bytes | memoryview = buffer[:got]
+                if decoder is None:
+                    yield chunk
+                    continue
+                # At most READ_BYTES out per step: a few KiB of gzip can expand to gigabytes,
+                # and the caller checks the size cap between pieces.
+                while chunk:
+                    piece = decoder.decompress(chunk, READ_BYTES)
+                    if piece:
+                        yield piece
+                    chunk = decoder.unconsumed_tail
             if decoder is not None:
                 tail = decoder.flush()
                 if tail:

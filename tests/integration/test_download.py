@@ -331,3 +331,31 @@ async def test_tls_is_verified_for_the_url_host_on_the_checked_address(
     finally:
         await f.aclose()
         server.close()
+
+
+async def test_a_gzip_bomb_comes_out_in_bounded_pieces_and_stops_at_the_cap(
+    server: Server,
+) -> None:
+    """64 MiB of zeros gzip to ~64 KiB: the decoder hands it over a piece of at most
+    READ_BYTES at a time, so the cap stops it long before it is all in memory."""
+    from receiver.download import READ_BYTES, Target, Timeouts
+    from receiver.download import Abort as AbortHandle
+
+    packed = gzip.compress(PNG + bytes(64 * 1024 * 1024), compresslevel=9)
+    assert len(packed) < READ_BYTES
+    server.routes["/bomb.png"] = ok(packed, "Content-Encoding: gzip")
+    wire = SocketWire()
+    url = httpx.URL(server.url("/bomb.png"))
+    reply = wire.open(Target(url, "127.0.0.1", str(url)), Timeouts(5, 5), AbortHandle())
+    try:
+        pieces = reply.chunks()
+        largest = max(len(next(pieces)) for _ in range(20))
+    finally:
+        pieces.close()
+        reply.close()
+        wire.close()
+    assert largest <= READ_BYTES
+    f = fetcher("socket", max_bytes=2 * 1024 * 1024)
+    with pytest.raises(FetchRefused, match=r"larger than the fetch\.max_bytes cap"):
+        await f.fetch(server.url("/bomb.png"))
+    await f.aclose()
