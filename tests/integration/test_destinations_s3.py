@@ -24,17 +24,25 @@ pytestmark = pytest.mark.anyio
 
 
 def _s3(endpoint: str, bucket: str, **kw: object) -> S3Store:
-    conf = S3Settings(
-        type="s3",
-        bucket=bucket,
-        prefix="archive/",
-        endpoint_url=endpoint,
-        region="us-east-1",
-        access_key_id="testing",
-        secret_access_key="testing",
-        **kw,  # type: ignore[arg-type]
-    )
-    return S3Store("s3", conf)
+    """A store on ``endpoint``; ``kw`` overrides any setting (moto takes any credentials)."""
+    settings: dict[str, object] = {
+        "type": "s3",
+        "bucket": bucket,
+        "prefix": "archive/",
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    return S3Store("s3", S3Settings(**{**settings, **kw}))  # type: ignore[arg-type]
+
+
+def _seaweed(endpoint: str, bucket: str, **kw: object) -> S3Store:
+    """A store on the SeaweedFS gateway, with the identity the bench's s3.json allows."""
+    from bench.common import S3_KEY_ID, S3_SECRET
+
+    identity: dict[str, object] = {"access_key_id": S3_KEY_ID, "secret_access_key": S3_SECRET}
+    return _s3(endpoint, bucket, **{**identity, **kw})
 
 
 AWKWARD_KEYS = [
@@ -122,21 +130,12 @@ class TestS3SeaweedFS(S3Checks):
     async def store(
         self, seaweedfs: tuple[str, str], request: pytest.FixtureRequest
     ) -> AsyncIterator[Destination]:
-        from bench.common import S3_KEY_ID, S3_SECRET
-
         endpoint, bucket = seaweedfs
-        store = S3Store(
-            "s3",
-            S3Settings(
-                type="s3",
-                bucket=bucket,
-                prefix=f"{request.node.name}-{time.time_ns()}/",
-                endpoint_url=endpoint,
-                region="us-east-1",
-                access_key_id=S3_KEY_ID,
-                secret_access_key=S3_SECRET,
-                addressing_style="path",
-            ),
+        store = _seaweed(
+            endpoint,
+            bucket,
+            prefix=f"{request.node.name}-{time.time_ns()}/",
+            addressing_style="path",
         )
         assert store._lean is not None
         yield store
@@ -160,20 +159,7 @@ class TestS3SeaweedFS(S3Checks):
     async def test_a_wrong_secret_is_refused_for_good(self, seaweedfs: tuple[str, str]) -> None:
         """SeaweedFS checks every signature, so its passing the other tests proves the lean
         path's."""
-        from bench.common import S3_KEY_ID
-
-        endpoint, bucket = seaweedfs
-        store = S3Store(
-            "s3",
-            S3Settings(
-                type="s3",
-                bucket=bucket,
-                endpoint_url=endpoint,
-                region="us-east-1",
-                access_key_id=S3_KEY_ID,
-                secret_access_key="not-the-secret",
-            ),
-        )
+        store = _seaweed(*seaweedfs, secret_access_key="not-the-secret")
         assert store._lean is not None
         with pytest.raises(StoreError) as info:
             await store.put("x.png", b"x", size=1, content_type="image/png")
@@ -183,22 +169,7 @@ class TestS3SeaweedFS(S3Checks):
     async def test_payload_signed_puts_are_accepted(self, seaweedfs: tuple[str, str]) -> None:
         """Without sha256_checksum the lean path signs the body's own SHA-256 (plain HTTP),
         which SeaweedFS recomputes and checks."""
-        from bench.common import S3_KEY_ID, S3_SECRET
-
-        endpoint, bucket = seaweedfs
-        store = S3Store(
-            "s3",
-            S3Settings(
-                type="s3",
-                bucket=bucket,
-                prefix=f"signed-{time.time_ns()}/",
-                endpoint_url=endpoint,
-                region="us-east-1",
-                access_key_id=S3_KEY_ID,
-                secret_access_key=S3_SECRET,
-                sha256_checksum=False,
-            ),
-        )
+        store = _seaweed(*seaweedfs, prefix=f"signed-{time.time_ns()}/", sha256_checksum=False)
         assert store._lean is not None
         body = bytes(range(256)) * 4096
         await store.put("signed.png", io.BytesIO(body), size=len(body), content_type="image/png")
