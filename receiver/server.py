@@ -24,24 +24,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .config import ServerSettings
+from .timers import LazyDeadline
 
 
 class _HeaderGuard:
     """A deadline and a size cap for the headers of each request, on either of uvicorn's
     HTTP/1.1 protocols (mixed in before it).
 
-    The deadline is one timer per connection, moved lazily: a request's start only notes the
-    time, and a timer that fires early (the connection served requests meanwhile) waits again
-    for the rest. A timer made and cancelled per request cost ~4 us of each callback."""
+    The deadline is a LazyDeadline per connection (receiver.timers): a request's start only
+    restarts it, rather than making and cancelling a timer per request."""
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     cycle: Any
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
-    _header_timer: asyncio.TimerHandle | None = None
-    _waiting: bool = False  # for a request's headers, since _since
-    _since: float = 0.0
+    _deadline: LazyDeadline | None = None
     _head: bytes = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -51,7 +49,7 @@ class _HeaderGuard:
     def data_received(self, data: bytes) -> None:
         # h11 checks its size cap only while a header block is incomplete: a large block that
         # arrives at once would pass. So the block is measured here, up to its blank line.
-        if self._waiting:
+        if self._deadline is not None and self._deadline.running:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
             if (end if end >= 0 else len(self._head)) > self.max_header_bytes:
@@ -88,30 +86,18 @@ class _HeaderGuard:
     def _arm(self) -> None:
         """Headers are due from now."""
         self._head = b""
-        self._waiting = True
-        self._since = self.loop.time()
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_at(self._since + self.header_timeout, self._due)
+        if self._deadline is None:
+            self._deadline = LazyDeadline(self.loop, self.header_timeout, self._too_slow)
+        self._deadline.restart()
 
     def _disarm(self) -> None:
-        """A request's headers are complete (its timer, if any, finds nothing to do)."""
-        self._waiting = False
+        """A request's headers are complete."""
+        if self._deadline is not None:
+            self._deadline.pause()
 
     def _stop(self) -> None:
-        self._waiting = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _due(self) -> None:
-        self._header_timer = None
-        if not self._waiting:
-            return  # the next _arm starts a timer again
-        due = self._since + self.header_timeout
-        if self.loop.time() < due:
-            self._header_timer = self.loop.call_at(due, self._due)
-            return
-        self._too_slow()
+        if self._deadline is not None:
+            self._deadline.stop()
 
     def _too_slow(self) -> None:
         waiting_for_headers = self.cycle is None or self.cycle.response_complete

@@ -556,8 +556,7 @@ async def test_cancelling_a_body_read_is_a_cancellation_not_a_408() -> None:
         task = asyncio.current_task()
         assert task is not None
         task.cancel()  # from elsewhere, and then the deadline, in the same turn
-        deadline._last -= 120
-        deadline._due()
+        deadline._expire()  # as its timer does once due
         try:
             await asyncio.sleep(1)
         except asyncio.CancelledError:
@@ -578,3 +577,29 @@ async def test_health_probe_proves_the_server_holds_the_configured_key(
     answer = (await api.get("/healthz", params={"probe": "n-123"})).json()["probe"]
     assert probe_matches(rt.settings.secret_keys, "n-123", answer)
     assert "probe" not in (await api.get("/healthz", params={"probe": "é" * 3})).json()
+
+
+async def test_a_lazy_deadline_fires_once_late_enough_whatever_the_restarts() -> None:
+    """Restarted often, it fires only after a whole ``timeout`` without a restart; paused, not
+    at all until restarted; stopped, never."""
+    from receiver.timers import LazyDeadline
+
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    deadline = LazyDeadline(loop, 0.05, lambda: fired.append(loop.time()))
+    started = loop.time()
+    deadline.restart()
+    for _ in range(4):  # 0.12 s of restarts, each well within the timeout
+        await asyncio.sleep(0.03)
+        deadline.restart()
+    last = loop.time()
+    await asyncio.sleep(0.2)
+    assert len(fired) == 1 and fired[0] >= last + 0.05 > started + 0.05
+    deadline.restart()
+    deadline.pause()
+    await asyncio.sleep(0.1)
+    assert len(fired) == 1 and not deadline.running
+    deadline.restart()
+    deadline.stop()
+    await asyncio.sleep(0.1)
+    assert len(fired) == 1
