@@ -306,14 +306,13 @@ def _chunks_hold(data: bytes, pos: int, box: bytes, end_box: bytes, little: bool
     None if the structure does not hold together (the caller then searches the bytes)."""
     size = len(data)
     order: Literal["big", "little"] = "little" if little else "big"
+    kind_at, length_at = (0, 4) if little else (4, 0)  # RIFF: id then size; PNG: the reverse
     while pos + 8 <= size:
-        kind = data[pos + 4 : pos + 8] if not little else data[pos : pos + 4]
-        length = int.from_bytes(
-            data[pos : pos + 4] if not little else data[pos + 4 : pos + 8], order
-        )
+        kind = data[pos + kind_at : pos + kind_at + 4]
+        length = int.from_bytes(data[pos + length_at : pos + length_at + 4], order)
         if kind == box:
             return True
-        pos += 8 + length + (4 if not little else length & 1)
+        pos += 8 + length + ((length & 1) if little else 4)
         if kind == end_box:
             break
     if pos == size:
